@@ -1,0 +1,30 @@
+"""gdcore: compiled, in-place optimizer steps for NumPy buffers.
+
+Two layers over the same C kernels:
+  gdcore.functional   stateless steps on explicit buffers (sgd, adam, ...)
+  gdcore.SGD, ...     optimizer classes with torch.optim's names, defaults,
+                      param groups, state and state_dict
+"""
+import os as _os
+
+from gdcore import functional
+from gdcore._core import build_info, get_num_threads, set_num_threads
+from gdcore.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer", "functional",
+           "set_num_threads", "get_num_threads", "build_info"]
+__version__ = "0.1.0"
+
+
+def _threads_from_environment():
+    value = _os.environ.get("GDCORE_NUM_THREADS", "").strip()
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"GDCORE_NUM_THREADS must be a whole number >= 1, got {value!r}") from None
+    set_num_threads(n)
+
+
+_threads_from_environment()

@@ -1,0 +1,535 @@
+"""Stateful optimizers with torch.optim's names, defaults, validation, param
+groups, per-param state and state_dict, over NumPy arrays.
+
+Design note.  A class holds hyperparameters (``param_groups``) and state
+(``state``, keyed by the param array itself) and nothing else: each step
+builds, per param group, one batch call of the functional layer
+(``gdcore._core.*_multi``), so the class and the functional API run the same
+kernel and agree bit for bit.  step() first checks every group's batch
+(deferred), and only when all are valid commits new state and step counters
+and runs the kernels: a bad grad anywhere leaves every param and every piece
+of state as it was.  Hyperparameters are checked at construction and again,
+by the same functions, at every step, so a schedule that writes an invalid
+``group["lr"]`` fails loudly instead of corrupting the run.
+"""
+from collections.abc import MutableMapping
+import math
+
+import numpy as np
+
+from gdcore import _core
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+
+def _aligned_full(like, value):
+    """A C-contiguous array shaped and typed like `like`, filled with value,
+    starting on a 64-byte boundary (a cache line; a whole AVX-512 vector)."""
+    nbytes = like.nbytes
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    offset = -raw.ctypes.data % 64
+    out = raw[offset:offset + nbytes].view(like.dtype).reshape(like.shape)
+    out.fill(value)
+    return out
+
+
+def _aligned_copy(value, like, name):
+    """A 64-byte aligned copy of state array `value`, shaped like param `like`.
+    Floating state is cast to the param's dtype, as torch does on load."""
+    value = np.asarray(value)
+    if value.shape != like.shape:
+        raise ValueError(f"{name} has shape {value.shape} but its param has shape "
+                         f"{like.shape}")
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name} has dtype {value.dtype}; state buffers are floating point")
+    out = _aligned_full(like, 0)
+    out[...] = value
+    return out
+
+
+def _check_param(p, label):
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{label} must be a numpy.ndarray of float32 or float64, "
+                        f"not {type(p).__name__}")
+    if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
+        raise TypeError(f"{label} has dtype {p.dtype}; gdcore updates float32 and float64 "
+                        "arrays in native byte order")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{label} is not C-contiguous; gdcore updates contiguous buffers "
+                         "in place")
+    if not p.flags.aligned:
+        raise ValueError(f"{label} is not aligned to its dtype")
+    if not p.flags.writeable:
+        raise ValueError(f"{label} is read-only")
+
+
+class ParamState(MutableMapping):
+    """Per-param state: a mapping from param array (by identity) to a dict of
+    torch-named entries, e.g. ``opt.state[w]["exp_avg"]``."""
+
+    def __init__(self):
+        self._by_id = {}                    # id(param) -> (param, state dict)
+
+    def __getitem__(self, param):
+        try:
+            return self._by_id[id(param)][1]
+        except KeyError:
+            raise KeyError("no state for this param (it has not been stepped yet, or "
+                           "belongs to another optimizer)") from None
+
+    def __setitem__(self, param, value):
+        self._by_id[id(param)] = (param, value)
+
+    def __delitem__(self, param):
+        del self._by_id[id(param)]
+
+    def __contains__(self, param):
+        return id(param) in self._by_id
+
+    def __iter__(self):
+        return (p for p, _ in self._by_id.values())
+
+    def __len__(self):
+        return len(self._by_id)
+
+    def get(self, param, default=None):
+        entry = self._by_id.get(id(param))
+        return default if entry is None else entry[1]
+
+    def __repr__(self):
+        return f"ParamState({len(self)} params)"
+
+
+class Optimizer:
+    """Base of gdcore's optimizer classes (the torch.optim.Optimizer shape).
+
+    Subclasses define `_check(group)`, `_missing_state(state, param, group)`
+    and `_batch(group, params, grads, states, added, index)`.
+    """
+
+    #: per-param state entries that hold arrays, in the kernel's order
+    _state_arrays = ()
+    #: whether per-param state counts steps (torch's state["step"])
+    _counts_steps = True
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        self.state = ParamState()
+        if isinstance(params, (np.ndarray, dict)):
+            raise TypeError("params must be an iterable of numpy arrays or of param-group "
+                            f"dicts, not a single {type(params).__name__}")
+        try:
+            param_groups = list(params)
+        except TypeError:
+            raise TypeError("params must be an iterable of numpy arrays or of param-group "
+                            f"dicts, not {type(params).__name__}") from None
+        if len(param_groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(param_groups[0], dict):
+            param_groups = [{"params": param_groups}]
+        for group in param_groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------- groups
+    def _all_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def add_param_group(self, param_group):
+        """Add a group ({"params": [...], hyperparameter overrides}), as torch."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param group must be a dict, not {type(param_group).__name__}")
+        group = dict(param_group)
+        if "params" not in group:
+            raise ValueError("param group must have a 'params' entry")
+        params = group["params"]
+        if isinstance(params, np.ndarray):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer params need to be organized in ordered collections, "
+                            "but the ordering of a set changes between runs; use a list")
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        existing = self._all_params()
+        for k, p in enumerate(params):
+            _check_param(p, f"params[{len(existing) + k}]")
+        for name, default in self.defaults.items():
+            group.setdefault(name, default)
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise TypeError(f"param group has unknown hyperparameters {sorted(unknown)}; "
+                            f"{type(self).__name__} takes {sorted(self.defaults)}")
+        self._check(group)
+        _check_disjoint(existing + params)
+        group["params"] = params
+        self.param_groups.append(group)
+
+    # --------------------------------------------------------------- step
+    def step(self, grads):
+        """One optimization step.  ``grads``: one per param, in the order of
+        the params over all groups; each an array-like of exactly its param's
+        shape and dtype, or None to leave that param (and its state) alone."""
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(f"grads must be a sequence with one grad per param, not "
+                            f"{type(grads).__name__}") from None
+        total = sum(len(group["params"]) for group in self.param_groups)
+        if len(grads) != total:
+            raise ValueError(f"step() got {len(grads)} grads for {total} params "
+                             "(one per param, None to skip one)")
+        pending = []                    # (batch, [(param, state, is_new, added)])
+        position = 0
+        for group in self.param_groups:
+            self._check(group)
+            params, group_grads, views, added_list, index, touched = [], [], [], [], [], []
+            for p in group["params"]:
+                g = grads[position]
+                if g is not None:
+                    state = self.state.get(p)
+                    is_new = state is None
+                    if is_new:
+                        state = {"step": 0} if self._counts_steps else {}
+                    added = self._missing_state(state, p, group)
+                    params.append(p)
+                    group_grads.append(g)
+                    views.append({**state, **added} if added else state)
+                    added_list.append(added)
+                    index.append(position)
+                    touched.append((p, state, is_new, added))
+                position += 1
+            if params:
+                batch = self._batch(group, params, group_grads, views, added_list, index)
+                pending.append((batch, touched))
+        # Everything checked: commit state, then run.
+        for _, touched in pending:
+            for p, state, is_new, added in touched:
+                if added:
+                    state.update(added)
+                if is_new:
+                    self.state[p] = state
+                if self._counts_steps:
+                    state["step"] += 1
+        for batch, _ in pending:
+            batch.run()
+
+    def _missing_state(self, state, param, group):
+        """New state arrays this param needs now (state itself is untouched:
+        step() adds them only once the whole step is known to be valid)."""
+        return {}
+
+    @staticmethod
+    def _steps(states):
+        return [state["step"] + 1 for state in states]
+
+    # --------------------------------------------------------- state dict
+    def state_dict(self):
+        """A snapshot, as torch's: {"state": {i: {...}}, "param_groups": [...]}
+        with params numbered over all groups in order.  Arrays are copies and
+        every value is a NumPy array or a plain Python scalar."""
+        numbering = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = []
+            for p in group["params"]:
+                numbering[id(p)] = len(numbering)
+                packed["params"].append(numbering[id(p)])
+            groups.append(packed)
+        state = {}
+        for p in self._all_params():
+            entry = self.state.get(p)
+            if entry is not None:
+                state[numbering[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                           for k, v in entry.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict() of an optimizer of the same type over params of
+        the same shapes; hyperparameters come from it, as in torch.  Checks
+        everything before changing anything."""
+        try:
+            saved_groups = state_dict["param_groups"]
+            saved_state = state_dict["state"]
+        except (TypeError, KeyError):
+            raise ValueError("state_dict must have 'state' and 'param_groups'") from None
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        numbering = {}
+        new_groups = []
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of optimizer's group")
+            for saved_index, p in zip(saved["params"], group["params"]):
+                numbering[saved_index] = p
+            new_group = {k: v for k, v in saved.items() if k != "params"}
+            new_group["params"] = group["params"]
+            self._check(new_group)
+            new_groups.append(new_group)
+        new_state = ParamState()
+        for key, entry in saved_state.items():
+            if key not in numbering:
+                raise ValueError(f"state_dict has state for param {key}, which no group has")
+            p = numbering[key]
+            loaded = {}
+            for name, value in entry.items():
+                if name in self._state_arrays:
+                    loaded[name] = _aligned_copy(value, p, f"state[{key}][{name!r}]")
+                elif name == "step":
+                    step = float(value) if not isinstance(value, (int, np.integer)) else value
+                    if not (step >= 0 and float(step).is_integer()):
+                        raise ValueError(f"state[{key}]['step'] must be a whole number >= 0")
+                    loaded[name] = int(step)
+                else:
+                    raise ValueError(f"state[{key}] has unknown entry {name!r}; "
+                                     f"{type(self).__name__} keeps {self._state_arrays}")
+            new_state[p] = loaded
+        self.param_groups = new_groups
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _check_disjoint(params):
+    """No two params may be the same buffer or overlap in memory."""
+    spans = []
+    for i, p in enumerate(params):
+        if p.nbytes:
+            start = p.__array_interface__["data"][0]
+            spans.append((start, start + p.nbytes, i))
+    spans.sort()
+    for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            what = "is the same array as" if params[a] is params[b] else "overlaps in memory with"
+            first, second = sorted((a, b))
+            raise ValueError(f"params[{second}] {what} params[{first}]; "
+                             "each param must be a distinct buffer")
+
+
+# --------------------------------------------------------------------- SGD
+class SGD(Optimizer):
+    r"""Stochastic gradient descent, optionally with momentum (torch.optim.SGD).
+
+    Full-batch gradient descent is SGD fed the full gradient.
+
+    .. math::
+        d = \pm g + \lambda\theta;\quad
+        b_1 = d,\ b_t = \mu b_{t-1} + (1-\tau) d;\quad
+        \theta \leftarrow \theta - \gamma\,(d + \mu b_t\ \text{if nesterov else}\ b_t)
+
+    lr :math:`\gamma` (default 1e-3), momentum :math:`\mu` (0), dampening
+    :math:`\tau` (0), weight_decay :math:`\lambda` (0), nesterov (False),
+    maximize (False).  State: ``momentum_buffer`` when momentum != 0.
+
+    Example (gradient descent on (theta - 3)^2)::
+
+        theta = np.array(0.0)
+        opt = gdcore.SGD([theta], lr=0.1)
+        for _ in range(100):
+            opt.step([2 * (theta - 3)])
+    """
+
+    _state_arrays = ("momentum_buffer",)
+    _counts_steps = False
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False):
+        _core.check_sgd(lr, momentum, dampening, weight_decay, nesterov)
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
+
+    def _check(self, g):
+        _core.check_sgd(g["lr"], g["momentum"], g["dampening"], g["weight_decay"],
+                        g["nesterov"])
+
+    def _missing_state(self, state, param, group):
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            return {"momentum_buffer": _aligned_full(param, 0)}
+        return {}
+
+    def _batch(self, g, params, grads, states, added, index):
+        buffers = steps = None
+        if g["momentum"] != 0:
+            # torch: the first step sets the buffer to the gradient.
+            buffers = [st["momentum_buffer"] for st in states]
+            steps = [1 if "momentum_buffer" in new else 2 for new in added]
+        return _core.sgd_multi(params, grads, buffers, steps=steps, lr=g["lr"],
+                               momentum=g["momentum"], dampening=g["dampening"],
+                               weight_decay=g["weight_decay"], nesterov=g["nesterov"],
+                               maximize=g["maximize"], _index=index, _defer=True)
+
+
+# ----------------------------------------------------------------- Adagrad
+class Adagrad(Optimizer):
+    r"""Adagrad (torch.optim.Adagrad).
+
+    .. math::
+        g \leftarrow \pm g + \lambda\theta;\quad s \leftarrow s + g^2;\quad
+        \theta \leftarrow \theta - \frac{\gamma}{1+(t-1)\eta}\frac{g}{\sqrt{s}+\epsilon}
+
+    lr :math:`\gamma` (1e-2), lr_decay :math:`\eta` (0), weight_decay
+    :math:`\lambda` (0), initial_accumulator_value (0, the start of
+    :math:`s`), eps (1e-10), maximize (False).  State: ``step``, ``sum``.
+    """
+
+    _state_arrays = ("sum",)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, *, maximize=False):
+        _core.check_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def _check(self, g):
+        _core.check_adagrad(g["lr"], g["lr_decay"], g["weight_decay"],
+                            g["initial_accumulator_value"], g["eps"])
+
+    def _missing_state(self, state, param, group):
+        if "sum" not in state:
+            return {"sum": _aligned_full(param, group["initial_accumulator_value"])}
+        return {}
+
+    def _batch(self, g, params, grads, states, added, index):
+        return _core.adagrad_multi(params, grads, [st["sum"] for st in states],
+                                   steps=self._steps(states), lr=g["lr"],
+                                   lr_decay=g["lr_decay"], weight_decay=g["weight_decay"],
+                                   eps=g["eps"], maximize=g["maximize"], _index=index,
+                                   _defer=True)
+
+
+# ----------------------------------------------------------------- RMSprop
+class RMSprop(Optimizer):
+    r"""RMSprop (torch.optim.RMSprop).
+
+    .. math::
+        g \leftarrow \pm g + \lambda\theta;\quad v \leftarrow \alpha v + (1-\alpha)g^2;
+        \quad a = \sqrt{v - \bar g^2} + \epsilon\ \text{(centered, with}\
+        \bar g \leftarrow \alpha\bar g + (1-\alpha) g)\ \text{else}\ \sqrt{v}+\epsilon
+
+        b \leftarrow \mu b + g/a,\ \theta \leftarrow \theta - \gamma b\ (\mu > 0);
+        \ \text{else}\ \theta \leftarrow \theta - \gamma g/a
+
+    lr :math:`\gamma` (1e-2), alpha (0.99), eps (1e-8, added outside the
+    square root as in torch), weight_decay :math:`\lambda` (0), momentum
+    :math:`\mu` (0), centered (False), maximize (False).  State: ``step``,
+    ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
+    (centered).
+    """
+
+    _state_arrays = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, *, maximize=False):
+        _core.check_rmsprop(lr, alpha, eps, weight_decay, momentum)
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      maximize=maximize))
+
+    def _check(self, g):
+        _core.check_rmsprop(g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"])
+
+    def _missing_state(self, state, param, group):
+        added = {}
+        if "square_avg" not in state:
+            added["square_avg"] = _aligned_full(param, 0)
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            added["momentum_buffer"] = _aligned_full(param, 0)
+        if group["centered"] and "grad_avg" not in state:
+            added["grad_avg"] = _aligned_full(param, 0)
+        return added
+
+    def _batch(self, g, params, grads, states, added, index):
+        momentum_buffers = ([st["momentum_buffer"] for st in states]
+                            if g["momentum"] > 0 else None)
+        grad_avgs = [st["grad_avg"] for st in states] if g["centered"] else None
+        return _core.rmsprop_multi(params, grads, [st["square_avg"] for st in states],
+                                   momentum_buffers, grad_avgs, lr=g["lr"], alpha=g["alpha"],
+                                   eps=g["eps"], weight_decay=g["weight_decay"],
+                                   momentum=g["momentum"], centered=g["centered"],
+                                   maximize=g["maximize"], _index=index, _defer=True)
+
+
+# -------------------------------------------------------------------- Adam
+class Adam(Optimizer):
+    r"""Adam (torch.optim.Adam), with optional AMSGrad and decoupled weight decay.
+
+    .. math::
+        g \leftarrow \pm g\ (+\lambda\theta);\quad
+        m \leftarrow \beta_1 m + (1-\beta_1) g;\quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2
+
+        \theta \leftarrow \theta - \frac{\gamma}{1-\beta_1^t}
+            \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon},\quad
+        \hat v = \max(\hat v, v)\ \text{(amsgrad) else}\ v
+
+    lr :math:`\gamma` (1e-3), betas (0.9, 0.999), eps (1e-8), weight_decay
+    :math:`\lambda` (0; with decoupled_weight_decay=True it is applied as
+    :math:`\theta \leftarrow (1-\gamma\lambda)\theta` and not added to g),
+    amsgrad (False), maximize (False).  State: ``step``, ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+
+    Example::
+
+        theta = np.array(0.0, dtype=np.float32)
+        opt = gdcore.Adam([theta], lr=0.01)
+        for _ in range(1000):
+            opt.step([2 * (theta - 3)])
+    """
+
+    _state_arrays = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False):
+        betas = _core.check_adam(lr, betas, eps, weight_decay)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _check(self, g):
+        g["betas"] = _core.check_adam(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+
+    def _missing_state(self, state, param, group):
+        added = {}
+        if "exp_avg" not in state:
+            added["exp_avg"] = _aligned_full(param, 0)
+            added["exp_avg_sq"] = _aligned_full(param, 0)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            added["max_exp_avg_sq"] = _aligned_full(param, 0)
+        return added
+
+    def _batch(self, g, params, grads, states, added, index):
+        max_exp_avg_sqs = [st["max_exp_avg_sq"] for st in states] if g["amsgrad"] else None
+        return _core.adam_multi(params, grads, [st["exp_avg"] for st in states],
+                                [st["exp_avg_sq"] for st in states], max_exp_avg_sqs,
+                                steps=self._steps(states), lr=g["lr"], betas=g["betas"],
+                                eps=g["eps"], weight_decay=g["weight_decay"],
+                                amsgrad=g["amsgrad"], maximize=g["maximize"],
+                                decoupled_weight_decay=g["decoupled_weight_decay"],
+                                _index=index, _defer=True)
+
+
+class AdamW(Adam):
+    r"""AdamW (torch.optim.AdamW): Adam with decoupled weight decay,
+    :math:`\theta \leftarrow (1-\gamma\lambda)\theta` before the Adam update,
+    default weight_decay 1e-2."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+
+    def _check(self, g):
+        if not g["decoupled_weight_decay"]:
+            raise ValueError("AdamW requires decoupled_weight_decay=True")
+        super()._check(g)

@@ -1,0 +1,79 @@
+"""Build of gdcore's one extension module, gdcore._core.
+
+The C kernels (csrc/) are compiled into the extension with
+  -O3 -fno-math-errno   so that sqrt vectorises (Python's default CFLAGS keep
+                        errno semantics, which blocks it),
+  -ffp-contract=off     so that every code path rounds alike (bitwise results
+                        independent of thread count and instruction set),
+  -fopenmp              when the compiler supports it (probed below).
+No -march flag: the kernels carry their own AVX-512/AVX2/baseline variants
+and pick one at load time (see csrc/gd_internal.h).
+Set GDCORE_DEBUG=1 to build with Cython's bounds checks on and -O0.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _compiler_accepts(compiler, flags):
+    """Whether `compiler` compiles and links a tiny OpenMP program with flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        unix = self.compiler.compiler_type == "unix"
+        base = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] if unix else ["/O2", "/fp:precise"]
+        if os.environ.get("GDCORE_DEBUG") == "1" and unix:
+            base = ["-O0", "-g", "-fno-math-errno", "-ffp-contract=off", "-std=c11"]
+        omp = ["-fopenmp"] if unix else ["/openmp"]
+        use_omp = os.environ.get("GDCORE_NO_OPENMP") != "1" and _compiler_accepts(self.compiler, omp)
+        if not use_omp:
+            print("gdcore: building without OpenMP (kernels run on one thread)", file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args = base + (omp if use_omp else [])
+            ext.extra_link_args = omp if use_omp else []
+        super().build_extensions()
+
+
+debug = os.environ.get("GDCORE_DEBUG") == "1"
+extensions = [
+    Extension(
+        "gdcore._core",
+        sources=["gdcore/_core.pyx", "csrc/gd_kernels.c", "csrc/gd_runtime.c"],
+        include_dirs=["csrc", numpy.get_include()],
+        depends=["csrc/gdcore.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
+                 "gdcore/_csrc.pxd"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+            "cdivision": not debug,
+            "embedsignature": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
