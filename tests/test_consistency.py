@@ -1,0 +1,187 @@
+"""Bitwise agreements: 1 vs 2 threads, one call per buffer vs one call for
+many, the class API vs the functional API; and the threading/build API."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gdcore
+import gdcore.functional as F
+from conftest import CONFIGS, DTYPES
+
+NAMES = list(CONFIGS)
+
+
+def bits(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def assert_bitwise(a, b, what=""):
+    np.testing.assert_array_equal(bits(a), bits(b), err_msg=what)
+
+
+def run_class(name, config, params0, grads_per_step):
+    params = [p.copy() for p in params0]
+    opt = getattr(gdcore, name)(params, **config)
+    for grads in grads_per_step:
+        opt.step(grads)
+    return params, opt
+
+
+def problem(sizes, dtype, steps=4, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(steps)]
+    return params, grads
+
+
+# Sizes around and far above the parallel threshold, and a many-buffer batch
+# whose buffers are each below it; odd sizes put share boundaries mid-vector.
+THREAD_CASES = [[2**20 + 3], [gdcore.build_info()["parallel_threshold"] + 17],
+                [1000] * 150 + [70001, 3, 0, 12345]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("sizes", THREAD_CASES, ids=["1M+3", "threshold+17", "many"])
+@pytest.mark.parametrize("name", NAMES)
+def test_thread_count_does_not_change_bits(name, sizes, dtype, threads):
+    config = CONFIGS[name][-1]
+    params0, grads = problem(sizes, dtype)
+    threads(1)
+    one, opt_one = run_class(name, config, params0, grads)
+    threads(2)
+    two, opt_two = run_class(name, config, params0, grads)
+    for k, (a, b) in enumerate(zip(one, two)):
+        assert_bitwise(a, b, f"params[{k}]")
+        for key, value in opt_one.state[a].items():
+            if isinstance(value, np.ndarray):
+                assert_bitwise(value, opt_two.state[b][key], f"state[{k}][{key}]")
+
+
+def functional_run(name, config, p0, grads):
+    """Drive the functional API by hand, with explicitly allocated state."""
+    config = dict(config)
+    p = p0.copy()
+    zeros = lambda: np.zeros_like(p)  # noqa: E731
+    state = {}
+    for t, g in enumerate(grads, start=1):
+        if name == "SGD":
+            if config.get("momentum", 0):
+                buf = state.setdefault("momentum_buffer", zeros())
+                F.sgd(p, g, buf, step=t, **config)
+            else:
+                F.sgd(p, g, **config)
+        elif name == "Adagrad":
+            c = dict(config)
+            init = c.pop("initial_accumulator_value", 0.0)
+            s = state.setdefault("sum", np.full_like(p, init))
+            F.adagrad(p, g, s, step=t, **c)
+        elif name == "RMSprop":
+            sq = state.setdefault("square_avg", zeros())
+            mb = state.setdefault("momentum_buffer", zeros()) if config.get("momentum", 0) else None
+            ga = state.setdefault("grad_avg", zeros()) if config.get("centered") else None
+            F.rmsprop(p, g, sq, mb, ga, **config)
+        else:
+            m = state.setdefault("exp_avg", zeros())
+            v = state.setdefault("exp_avg_sq", zeros())
+            vmax = state.setdefault("max_exp_avg_sq", zeros()) if config.get("amsgrad") else None
+            (F.adamw if name == "AdamW" else F.adam)(p, g, m, v, vmax, step=t, **config)
+    return p, state
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_class_and_functional_agree_bitwise(name, dtype):
+    for config in CONFIGS[name]:
+        params0, grads = problem([37], dtype, steps=5, seed=3)
+        (p_class,), opt = run_class(name, config, params0, grads)
+        p_fun, state = functional_run(name, config, params0[0], [g[0] for g in grads])
+        assert_bitwise(p_class, p_fun, str(config))
+        for key, value in state.items():
+            assert_bitwise(opt.state[p_class][key], value, f"{key} {config}")
+
+
+MULTI = {
+    "SGD": lambda ps, gs, st, t, c: F.sgd_multi(ps, gs, st[0] if c.get("momentum") else None,
+                                                steps=t, **c),
+    "Adam": lambda ps, gs, st, t, c: F.adam_multi(ps, gs, st[0], st[1],
+                                                  st[2] if c.get("amsgrad") else None,
+                                                  steps=t, **c),
+    "AdamW": lambda ps, gs, st, t, c: F.adamw_multi(ps, gs, st[0], st[1],
+                                                    st[2] if c.get("amsgrad") else None,
+                                                    steps=t, **c),
+    "RMSprop": lambda ps, gs, st, t, c: F.rmsprop_multi(
+        ps, gs, st[0], st[1] if c.get("momentum") else None, st[2] if c.get("centered") else None,
+        **c),
+    "Adagrad": lambda ps, gs, st, t, c: F.adagrad_multi(
+        ps, gs, st[0], steps=t, **{k: v for k, v in c.items() if k != "initial_accumulator_value"}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_multi_equals_one_call_per_buffer(name, dtype, threads):
+    threads(2)
+    config = CONFIGS[name][-1]
+    sizes = [0, 1, 17, 1000, 100003, 33]
+    params0, grads = problem(sizes, dtype, steps=3, seed=9)
+    multi = [p.copy() for p in params0]
+    multi_state = [[np.zeros_like(p) for p in params0] for _ in range(3)]
+    single = [p.copy() for p in params0]
+    single_state = [[np.zeros_like(p) for p in params0] for _ in range(3)]
+    for t, gs in enumerate(grads, start=1):
+        MULTI[name](multi, gs, multi_state, t, config)
+        for k in range(len(sizes)):
+            MULTI[name]([single[k]], [gs[k]], [[s[k]] for s in single_state], t, config)
+    for k in range(len(sizes)):
+        assert_bitwise(multi[k], single[k], f"params[{k}]")
+        for s in range(3):
+            assert_bitwise(multi_state[s][k], single_state[s][k], f"state {s} [{k}]")
+
+
+def test_multi_accepts_mixed_dtypes_and_per_buffer_steps():
+    a = np.ones(5, np.float32)
+    b = np.ones(3, np.float64)
+    ms = [np.zeros_like(a), np.zeros_like(b)]
+    vs = [np.zeros_like(a), np.zeros_like(b)]
+    F.adam_multi([a, b], [np.ones(5, np.float32), np.ones(3)], ms, vs, steps=[1, 7], lr=0.1)
+    a2, b2 = np.ones(5, np.float32), np.ones(3)
+    F.adam(a2, np.ones(5, np.float32), np.zeros_like(a2), np.zeros_like(a2), step=1, lr=0.1)
+    F.adam(b2, np.ones(3), np.zeros_like(b2), np.zeros_like(b2), step=7, lr=0.1)
+    assert_bitwise(a, a2)
+    assert_bitwise(b, b2)
+
+
+def test_num_threads_api(threads):
+    threads(1)
+    assert gdcore.get_num_threads() == 1
+    threads(2)
+    assert gdcore.get_num_threads() == (2 if gdcore.build_info()["openmp"] else 1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        gdcore.set_num_threads(0)
+    with pytest.raises(TypeError):
+        gdcore.set_num_threads(1.5)
+
+
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("x", "must be a whole number")])
+def test_environment_variable(value, expect):
+    env = dict(os.environ, GDCORE_NUM_THREADS=value)
+    run = subprocess.run([sys.executable, "-c", "import gdcore; print(gdcore.get_num_threads())"],
+                         env=env, capture_output=True, text=True)
+    assert expect in (run.stdout + run.stderr)
+
+
+def test_build_info_reports_the_dispatched_isa():
+    info = gdcore.build_info()
+    assert set(info) >= {"isa", "isa_compiled", "openmp", "num_threads", "parallel_threshold"}
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        flags = open("/proc/cpuinfo").read()
+    if "x86-64-v4" in info["isa_compiled"] and flags:
+        if all(f in flags.split() for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+            assert info["isa"].startswith("x86-64-v4")
+        elif "avx2" in flags.split() and "fma" in flags.split():
+            assert info["isa"].startswith("x86-64-v3")
