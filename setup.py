@@ -55,7 +55,8 @@ debug = os.environ.get("GDCORE_DEBUG") == "1"
 extensions = [
     Extension(
         "gdcore._core",
-        sources=["gdcore/_core.pyx", "csrc/gd_kernels.c", "csrc/gd_runtime.c"],
+        sources=["gdcore/_core.pyx", "csrc/gd_kernels.c", "csrc/gd_runtime.c",
+                 "csrc/gd_stream.c"],
         include_dirs=["csrc", numpy.get_include()],
         depends=["csrc/gdcore.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
                  "gdcore/_csrc.pxd"],

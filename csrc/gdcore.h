@@ -65,6 +65,12 @@ void gd_rmsprop(gd_dtype dtype, const gd_rmsprop_options *options,
 void gd_adam(gd_dtype dtype, const gd_adam_options *options,
              const gd_buffer *buffers, int64_t count);
 
+/* Benchmark roofline probe: per element, read `nread` of (param, grad,
+ * state[0], state[1], state[2]) and write `nwrite` of (param, state[0..2]);
+ * (nread, nwrite) is (2, 1), (3, 2), (4, 3) or (5, 4). */
+void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers,
+               int64_t count);
+
 /* Threads.  Set/get the number of OpenMP threads a kernel call may use; with
  * OpenMP off it is always 1.  Results do not depend on it, bit for bit. */
 void gd_set_num_threads(int n);

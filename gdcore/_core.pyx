@@ -705,3 +705,27 @@ def adamw_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, s
           _optional_list(max_exp_avg_sqs, "max_exp_avg_sqs"), steps, _real(lr, "lr"),
           betas, _real(eps, "eps"), _real(weight_decay, "weight_decay"), amsgrad, maximize,
           True, _index, False, _defer)
+
+
+# -------------------------------------------------------- benchmark probe
+
+def stream(params, grads, states, *, int nread, int nwrite):
+    """Benchmark roofline probe (not an optimizer): per element, read nread of
+    (param, grad, states...) and write nwrite of (param, states...), with no
+    arithmetic to speak of, through the kernels' threading and dispatch.
+    (nread, nwrite) is (2, 1), (3, 2), (4, 3) or (5, 4); states: nread - 2
+    lists of buffers."""
+    if (nread, nwrite) not in ((2, 1), (3, 2), (4, 3), (5, 4)):
+        raise ValueError(f"(nread, nwrite) = ({nread}, {nwrite}) is not a probe shape")
+    states = list(states)
+    if len(states) != nread - 2:
+        raise ValueError(f"nread={nread} needs {nread - 2} state lists, got {len(states)}")
+    cdef tuple slots = tuple(((f"state{k}", f"states{k}"), _as_list(s, "states"))
+                             for k, s in enumerate(states))
+    cdef _Batch b = _gather(_as_list(params, "params"), _as_list(grads, "grads"), slots, 1,
+                            None, False)
+    with nogil:
+        if b.n32:
+            gd_stream(GD_FLOAT32, nread, nwrite, b.buffers, b.n32)
+        if b.count > b.n32:
+            gd_stream(GD_FLOAT64, nread, nwrite, b.buffers + b.n32, b.count - b.n32)

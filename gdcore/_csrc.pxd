@@ -34,6 +34,8 @@ cdef extern from "gdcore.h" nogil:
     void gd_rmsprop(gd_dtype dtype, const gd_rmsprop_options *options, const gd_buffer *buffers, int64_t count)
     void gd_adam(gd_dtype dtype, const gd_adam_options *options, const gd_buffer *buffers, int64_t count)
 
+    void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers, int64_t count)
+
     void gd_set_num_threads(int n)
     int gd_get_num_threads()
     int gd_openmp_enabled()

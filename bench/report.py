@@ -1,0 +1,355 @@
+"""The benchmark report: gdcore against pure NumPy, torch.optim (for-loop,
+foreach, fused) and DeepSpeed's CPU optimizers when importable, side by side
+in one run, with a memory-bandwidth roofline measured in the same run.
+
+    python -m bench.report            quick mode (default, about 2 minutes)
+    python -m bench.report --full     every size up to 16,777,216, more rounds
+    python -m bench.report --huge     also Adam at 67,108,864 elements
+    python -m bench.report --smoke    a few small cases (used by the tests)
+
+Writes report.json (every measurement), report.png (ns/element against size,
+one panel per optimizer) and report.md (the tables) to --out (bench/results).
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import gdcore
+from bench import impls
+from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, SIZES_QUICK,
+                         TRAFFIC)
+from bench.timing import measure
+
+COLUMNS = ["gdcore", "gdcore_functional", "numpy_naive", "numpy_inplace", "torch_forloop",
+           "torch_foreach", "torch_fused", "deepspeed", "bandwidth_probe"]
+SHORT = {"gdcore": "gdcore", "gdcore_functional": "gd.func", "numpy_naive": "np.naive",
+         "numpy_inplace": "np.inpl", "torch_forloop": "t.loop", "torch_foreach": "t.foreach",
+         "torch_fused": "t.fused", "deepspeed": "deepspeed", "bandwidth_probe": "probe"}
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("", platform.machine()):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "gdcore": gdcore.__version__}
+    if impls.torch is not None:
+        versions["torch"] = impls.torch.__version__
+    ds_ok, ds_why = impls.deepspeed_available()
+    if ds_ok:
+        import deepspeed
+        versions["deepspeed"] = deepspeed.__version__
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_simd": sorted(f for f in flags if f in ("avx512f", "avx2", "fma", "sse2")),
+        "gdcore_build": gdcore.build_info(),
+        "versions": versions,
+        "deepspeed": "available" if ds_ok else f"not available ({ds_why})",
+        "platform": platform.platform(),
+    }
+
+
+def run_case(name, dtype, shapes, threads, implementations, rounds, batch_seconds, seed=0):
+    """Time every implementation of one case, interleaved; returns a record."""
+    impls.set_threads(threads)
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    config = OPTIMIZERS[name]
+    steps, absent = {}, {}
+    for impl in implementations:
+        try:
+            steps[impl] = impls.IMPLEMENTATIONS[impl](name, config, params, grads)
+        except impls.Unsupported as why:
+            absent[impl] = str(why)
+    steps["bandwidth_probe"] = impls.gdcore_stream(name, params, grads)
+    seconds = measure(steps, rounds, batch_seconds)
+    elements = sum(int(np.prod(s)) for s in shapes)
+    reads, writes = TRAFFIC[name]
+    return {
+        "optimizer": name, "dtype": np.dtype(dtype).name, "elements": elements,
+        "tensors": len(shapes), "threads": threads, "seconds": seconds, "absent": absent,
+        "bytes_per_element": (reads + writes) * np.dtype(dtype).itemsize,
+    }
+
+
+def derived(record):
+    """ns/element, GB/s and roofline fraction of gdcore; speedups."""
+    s = record["seconds"]
+    n = record["elements"]
+    gd = s["gdcore"]
+    numpy_best = min((s[k] for k in impls.NUMPY if k in s), default=None)
+    torch_best = min((s[k] for k in impls.TORCH if k in s), default=None)
+    return {
+        "ns_per_element": {k: v / n * 1e9 for k, v in s.items()},
+        "gdcore_GBps": record["bytes_per_element"] * n / gd / 1e9,
+        "probe_GBps": record["bytes_per_element"] * n / s["bandwidth_probe"] / 1e9,
+        "roofline_fraction": s["bandwidth_probe"] / gd,
+        "speedup_vs_numpy": numpy_best / gd if numpy_best else None,
+        "speedup_vs_torch": torch_best / gd if torch_best else None,
+    }
+
+
+def format_table(records, title):
+    head = (f"| case | " + " | ".join(SHORT[c] for c in COLUMNS) +
+            " | gdcore GB/s | % roofline | x NumPy | x torch |")
+    lines = [f"### {title}", "",
+             "ns per element (lower is better); GB/s counts the bytes each optimizer must "
+             "move; % roofline = bandwidth probe time / gdcore time; x NumPy and x torch = "
+             "best NumPy or torch time / gdcore time.", "", head,
+             "|" + "---|" * (len(COLUMNS) + 5)]
+    for r in records:
+        d = r["derived"]
+        case = (f"{r['optimizer']} {r['dtype']} {r['elements']:,}"
+                + (f" ({r['case']})" if r.get("case") else "") + f" x{r['threads']}")
+        cells = []
+        for c in COLUMNS:
+            v = d["ns_per_element"].get(c)
+            cells.append("-" if v is None else f"{v:.3g}")
+        lines.append(f"| {case} | " + " | ".join(cells) +
+                     f" | {d['gdcore_GBps']:.1f} | {100 * d['roofline_fraction']:.0f}% | "
+                     f"{d['speedup_vs_numpy']:.1f} | "
+                     + (f"{d['speedup_vs_torch']:.2f} |" if d["speedup_vs_torch"] else "- |"))
+    return "\n".join(lines)
+
+
+def find(records, **keys):
+    for r in records:
+        if all(r.get(k) == v for k, v in keys.items()):
+            return r
+    return None
+
+
+def targets(records, overhead, all_cores):
+    """The speed targets of the benchmarks issue, from this run's ratios."""
+    out = []
+
+    def add(label, value, limit, better="le"):
+        if value is None:
+            out.append((label, None, limit, "not measured"))
+            return
+        ok = value <= limit if better == "le" else value >= limit
+        out.append((label, value, limit, "PASS" if ok else "MISS"))
+
+    def ratio(rec, a, b):
+        if rec is None or a not in rec["seconds"] or b not in rec["seconds"]:
+            return None
+        return rec["seconds"][a] / rec["seconds"][b]
+
+    for dtype in ("float32", "float64"):
+        small = find(records, optimizer="Adam", dtype=dtype, elements=4096, threads=1,
+                     tensors=1)
+        add(f"Adam {dtype} 4,096, class API: gdcore / torch fused", ratio(small, "gdcore",
+                                                                            "torch_fused"), 0.20)
+        big = find(records, optimizer="Adam", dtype=dtype, elements=1 << 20, threads=1,
+                   tensors=1)
+        add(f"Adam {dtype} 1,048,576: gdcore / torch fused", ratio(big, "gdcore", "torch_fused"),
+            0.55)
+        add(f"Adam {dtype} 1,048,576: gdcore / DeepSpeed CPU Adam",
+            ratio(big, "gdcore", "deepspeed"), 1.0)
+    huge = find(records, optimizer="Adam", dtype="float32", elements=SIZE_HUGE, threads=1)
+    add("Adam float32 67,108,864: gdcore / bandwidth probe",
+        ratio(huge, "gdcore", "bandwidth_probe"), 1.05)
+    for name in OPTIMIZERS:
+        for dtype in ("float32", "float64"):
+            rec = find(records, optimizer=name, dtype=dtype, elements=1 << 20, threads=1,
+                       tensors=1)
+            if rec is None:
+                continue
+            best = min((rec["seconds"][k] for k in impls.TORCH if k in rec["seconds"]),
+                       default=None)
+            add(f"{name} {dtype} 1,048,576: gdcore / best torch",
+                rec["seconds"]["gdcore"] / best if best else None, 0.6)
+            if name == "RMSprop":
+                add(f"RMSprop {dtype} 1,048,576: gdcore / torch foreach",
+                    ratio(rec, "gdcore", "torch_foreach"), 0.25)
+    if all_cores > 1:
+        for name in OPTIMIZERS:
+            one = find(records, optimizer=name, dtype="float32", elements=1 << 20, threads=1,
+                       tensors=1)
+            many = find(records, optimizer=name, dtype="float32", elements=1 << 20,
+                        threads=all_cores, tensors=1)
+            if one and many:
+                add(f"{name} float32 1,048,576: {all_cores}-thread speedup",
+                    one["seconds"]["gdcore"] / many["seconds"]["gdcore"], 1.7, "ge")
+        for size in (4096, 65536):
+            one = find(records, optimizer="Adam", dtype="float32", elements=size, threads=1,
+                       tensors=1)
+            many = find(records, optimizer="Adam", dtype="float32", elements=size,
+                        threads=all_cores, tensors=1)
+            if one and many:
+                add(f"Adam float32 {size:,}: {all_cores}-thread time / 1-thread time",
+                    many["seconds"]["gdcore"] / one["seconds"]["gdcore"], 1.05)
+    rec = find(records, case="1000x1000", threads=1)
+    add("Adam float32 1000 x 1,000 tensors: gdcore / torch fused",
+        ratio(rec, "gdcore", "torch_fused"), 0.15)
+    add("Adam float32 1000 x 1,000 tensors: gdcore / DeepSpeed", ratio(rec, "gdcore",
+                                                                       "deepspeed"), 0.3)
+    if overhead:
+        add("Adam per-call overhead, class API, 1 element (us)",
+            overhead["seconds"]["gdcore"] * 1e6, 1.0)
+    return out
+
+
+def plot(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(OPTIMIZERS)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharey=True)
+    for ax, name in zip(axes, names):
+        rows = sorted((r for r in records if r["optimizer"] == name and r["dtype"] == "float32"
+                       and r["threads"] == 1 and r["tensors"] == 1),
+                      key=lambda r: r["elements"])
+        for impl in COLUMNS:
+            points = [(r["elements"], r["derived"]["ns_per_element"][impl]) for r in rows
+                      if impl in r["seconds"]]
+            if points:
+                x, y = zip(*points)
+                style = "k--" if impl == "bandwidth_probe" else ("o-" if "gdcore" in impl
+                                                                 else ".-")
+                ax.plot(x, y, style, label=SHORT[impl], linewidth=2 if impl == "gdcore" else 1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}, float32, 1 thread")
+        ax.set_xlabel("elements")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ns per element")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="sizes up to 16,777,216, more rounds")
+    mode.add_argument("--smoke", action="store_true", help="a few small cases, one round")
+    parser.add_argument("--huge", action="store_true", help="add Adam at 67,108,864 elements")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+
+    all_cores = os.cpu_count() or 1
+    thread_counts = sorted({1, all_cores})
+    if args.smoke:
+        sizes, rounds, batch, names, dtypes = [4096], 1, 0.002, ["SGD", "Adam"], [np.float32]
+        many = {"few": [(100,), (3, 5), ()]}
+        thread_counts = [1]
+    elif args.full:
+        sizes, rounds, batch, names, dtypes = SIZES_FULL, 9, 0.02, list(OPTIMIZERS), [
+            np.float32, np.float64]
+        many = MANY_TENSOR_CASES
+    else:
+        sizes, rounds, batch, names, dtypes = SIZES_QUICK, 5, 0.01, list(OPTIMIZERS), [
+            np.float32, np.float64]
+        many = MANY_TENSOR_CASES
+
+    plan = [(name, dtype, size, t) for name in names for dtype in dtypes for size in sizes
+            for t in thread_counts]
+    if args.huge:
+        plan += [("Adam", np.float32, SIZE_HUGE, t) for t in thread_counts]
+    plan_many = [(case, t) for case in many for t in thread_counts]
+    total = len(plan) + len(plan_many) + 1
+    machine = machine_description()
+    print(f"gdcore benchmark ({'smoke' if args.smoke else 'full' if args.full else 'quick'}"
+          f" mode): {machine['cpu']}, {machine['cores']} cores, kernels run as "
+          f"{machine['gdcore_build']['isa']}; DeepSpeed {machine['deepspeed']}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    started = time.perf_counter()
+    records = []
+    done = 0
+
+    def progress(label):
+        print(f"[{done:3d}/{total}] {time.perf_counter() - started:6.1f}s  {label}", flush=True)
+
+    single_impls = list(impls.IMPLEMENTATIONS)
+    for name, dtype, size, t in plan:
+        chosen = single_impls
+        if size >= SIZE_HUGE:            # memory: only the fast contenders
+            chosen = ["gdcore", "torch_fused", "deepspeed"]
+        elif size >= 1 << 24:
+            chosen = [i for i in single_impls if i != "numpy_naive"]
+        rec = run_case(name, dtype, [(size,)], t, chosen, rounds if size < 1 << 24 else 3,
+                       batch)
+        rec["derived"] = derived(rec)
+        records.append(rec)
+        done += 1
+        progress(f"{name} {np.dtype(dtype).name} {size:,} x{t}: gdcore "
+                 f"{rec['derived']['ns_per_element']['gdcore']:.3f} ns/element")
+    for case, t in plan_many:
+        chosen = [i for i in single_impls if i != "numpy_naive"]
+        rec = run_case("Adam", np.float32, many[case], t, chosen, max(3, rounds // 2), batch)
+        rec["case"] = case
+        rec["derived"] = derived(rec)
+        records.append(rec)
+        done += 1
+        progress(f"Adam float32 {case} x{t}: gdcore "
+                 f"{rec['seconds']['gdcore'] * 1e3:.3f} ms/step")
+    # Per-call overhead: a 1-element Adam step.
+    overhead = run_case("Adam", np.float32, [(1,)], 1,
+                        ["gdcore", "gdcore_functional", "torch_fused", "deepspeed"],
+                        max(rounds, 3), batch)
+    done += 1
+    progress(f"Adam 1 element: gdcore {overhead['seconds']['gdcore'] * 1e6:.2f} us/call")
+
+    single = [r for r in records if "case" not in r]
+    multi = [r for r in records if "case" in r]
+    checks = targets(records, overhead, all_cores)
+    lines = [f"# gdcore benchmark report", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores; gdcore kernels: "
+             f"{machine['gdcore_build']['isa']}, OpenMP "
+             f"{'on' if machine['gdcore_build']['openmp'] else 'off'}; versions: "
+             + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+             + f"; DeepSpeed {machine['deepspeed']}.", "",
+             f"Mode: {'smoke' if args.smoke else 'full' if args.full else 'quick'}; median "
+             f"of {rounds} interleaved rounds per case; threads: "
+             f"{', '.join(map(str, thread_counts))}.", "",
+             format_table(single, "One tensor"), "",
+             format_table(multi, "Many tensors (Adam, float32)"), "",
+             "### Per-call overhead (Adam, 1 element)", "",
+             "| implementation | us per call |", "|---|---|"]
+    for impl, sec in overhead["seconds"].items():
+        lines.append(f"| {SHORT.get(impl, impl)} | {sec * 1e6:.2f} |")
+    lines += ["", "### Targets (ratio = gdcore time / peer time, same run)", "",
+              "| target | measured | limit | result |", "|---|---|---|---|"]
+    for label, value, limit, verdict in checks:
+        lines.append(f"| {label} | {'-' if value is None else f'{value:.3f}'} | {limit} | "
+                     f"{verdict} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump({"machine": machine, "mode": "smoke" if args.smoke else
+                   "full" if args.full else "quick", "records": records,
+                   "overhead": overhead,
+                   "targets": [dict(target=a, measured=b, limit=c, result=d)
+                               for a, b, c, d in checks]}, f, indent=1)
+    if not args.no_plot:
+        plot(single, os.path.join(args.out, "report.png"))
+    print(f"\nwrote {args.out}/report.md, report.json"
+          + ("" if args.no_plot else ", report.png")
+          + f" in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

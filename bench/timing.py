@@ -1,0 +1,28 @@
+"""Side-by-side timing: implementations of one case are timed interleaved,
+round by round, so that machine noise hits them alike; each round times a
+batch of calls long enough for the clock, and the median over rounds is
+reported."""
+import statistics
+import time
+
+
+def calibrate(step, target_seconds):
+    """Calls per batch so that one batch takes about target_seconds."""
+    start = time.perf_counter()
+    step()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, min(10_000, int(target_seconds / once)))
+
+
+def measure(steps, rounds, batch_seconds):
+    """steps: {name: callable}.  Returns {name: median seconds per call}."""
+    batches = {name: calibrate(step, batch_seconds) for name, step in steps.items()}
+    samples = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            k = batches[name]
+            start = time.perf_counter()
+            for _ in range(k):
+                step()
+            samples[name].append((time.perf_counter() - start) / k)
+    return {name: statistics.median(values) for name, values in samples.items()}
