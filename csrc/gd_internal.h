@@ -37,4 +37,8 @@ typedef void (*gd_span_fn)(const void *options, const gd_buffer *buffer,
 void gd_run(gd_span_fn span, const void *options, const gd_buffer *buffers,
             int64_t count);
 
+/* base^step, exactly pow(base, step), memoised per thread for the last few
+ * (base, step) pairs (bias corrections of a batch at one step). */
+double gd_pow_step(double base, int64_t step);
+
 #endif /* GD_INTERNAL_H */

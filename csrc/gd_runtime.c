@@ -14,6 +14,7 @@
  */
 #include "gd_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 #ifdef _OPENMP
@@ -113,6 +114,24 @@ void gd_run(gd_span_fn span, const void *options, const gd_buffer *buffers,
         gd_run_range(span, options, buffers, count, from, to);
     }
 #endif
+}
+
+double gd_pow_step(double base, int64_t step)
+{
+    /* A few (base, step) -> base^step results per thread: a batch of many
+     * buffers at the same step needs each bias correction once. */
+    enum { SLOTS = 4 };
+    static _Thread_local struct { double base; int64_t step; double value; } cache[SLOTS];
+    static _Thread_local int next;
+    for (int i = 0; i < SLOTS; ++i)
+        if (cache[i].step == step && cache[i].base == base && step != 0)
+            return cache[i].value;
+    double value = pow(base, (double)step);
+    cache[next].base = base;
+    cache[next].step = step;
+    cache[next].value = value;
+    next = (next + 1) % SLOTS;
+    return value;
 }
 
 const char *gd_isa_compiled(void)

@@ -266,19 +266,21 @@ cdef int64_t _step_of(object steps, Py_ssize_t i, object index, bint single) exc
     return step
 
 
-cdef _Batch _gather(list params, list grads, tuple slots, object steps,
-                    object index, bint single):
-    """Check a batch and fill its gd_buffer array.
+cdef Py_ssize_t _gather_written(list params, tuple slots, object steps, object index,
+                                bint single, gd_buffer *staged, _Span *spans) except -1:
+    """Check the buffers a batch writes (params and state) and fill `staged`
+    (argument order) with everything but the grads; `spans` receives their
+    memory, sorted.  Returns the number of spans.
 
     slots: up to three (names, list or None) pairs, the state buffers in the
     order of csrc/gdcore.h.  steps: an int, or one int per buffer.  index:
     None, or the position of each buffer in the caller's own lists (used in
     messages).  single: name buffers as in the single-buffer functions.
     """
-    cdef Py_ssize_t n = len(params), i, k, s
+    cdef Py_ssize_t n = len(params), i, k, s, nspans = 0
     cdef Py_ssize_t nslots = len(slots)
-    if len(grads) != n:
-        raise ValueError(f"got {len(grads)} grads for {n} params")
+    cdef cnp.ndarray p, a
+    cdef list state_list
     for s in range(nslots):
         if slots[s][1] is not None and len(slots[s][1]) != n:
             raise ValueError(f"got {len(slots[s][1])} {slots[s][0][1]} for {n} params")
@@ -290,7 +292,76 @@ cdef _Batch _gather(list params, list grads, tuple slots, object steps,
             steps = operator.index(steps)
         except TypeError:
             raise TypeError(f"step must be an int, not {type(steps).__name__}") from None
+    for i in range(n):
+        p = _check_written(params[i], _PARAM, i, index, single, None)
+        staged[i].param = cnp.PyArray_DATA(p)
+        staged[i].grad = NULL
+        staged[i].n = cnp.PyArray_SIZE(p)
+        staged[i].step = _step_of(steps, i, index, single)
+        _add_span(spans, &nspans, p, i, -1)
+        for s in range(3):
+            staged[i].state[s] = NULL
+        for s in range(nslots):
+            state_list = slots[s][1]
+            if state_list is None:
+                continue
+            a = _check_written(state_list[i], slots[s][0], i, index, single, p)
+            staged[i].state[s] = cnp.PyArray_DATA(a)
+            _add_span(spans, &nspans, a, i, s)
+    # Written buffers must be pairwise disjoint.
+    qsort(spans, nspans, sizeof(_Span), _span_cmp)
+    for k in range(1, nspans):
+        if spans[k].lo < spans[k - 1].hi:
+            raise ValueError(
+                f"{_span_label(spans[k - 1], slots, index, single)} and "
+                f"{_span_label(spans[k], slots, index, single)} overlap in memory; "
+                "every param and state buffer must be a distinct array")
+    return nspans
 
+
+cdef int _gather_grad(object grad, Py_ssize_t i, object index, bint single,
+                      cnp.ndarray param, gd_buffer *buffer, const _Span *spans,
+                      Py_ssize_t nspans, list keep) except -1:
+    """Check one grad and point buffer.grad at it; a grad that shares memory
+    with a written buffer is read from a copy (kept alive in `keep`)."""
+    cdef cnp.ndarray g = _check_grad(grad, i, index, single, param, keep)
+    cdef uintptr_t lo = <uintptr_t>cnp.PyArray_DATA(g)
+    cdef uintptr_t hi = lo + <uintptr_t>cnp.PyArray_NBYTES(g)
+    if hi > lo and _overlaps_written(spans, nspans, lo, hi):
+        g = g.copy()
+        keep.append(g)
+    buffer.grad = cnp.PyArray_DATA(g)
+    return 0
+
+
+cdef Py_ssize_t _partition(list params, const gd_buffer *staged, gd_buffer *out,
+                           Py_ssize_t *order):
+    """Copy staged into out, float32 buffers first, keeping their order;
+    order[k] = the argument position of out[k].  Returns the float32 count."""
+    cdef Py_ssize_t n = len(params), i, k, n32 = 0, f32 = 0, f64
+    for i in range(n):
+        if cnp.PyArray_TYPE(<cnp.ndarray>params[i]) == cnp.NPY_FLOAT32:
+            n32 += 1
+    f64 = n32
+    for i in range(n):
+        if cnp.PyArray_TYPE(<cnp.ndarray>params[i]) == cnp.NPY_FLOAT32:
+            k = f32
+            f32 += 1
+        else:
+            k = f64
+            f64 += 1
+        memcpy(&out[k], &staged[i], sizeof(gd_buffer))
+        if order != NULL:
+            order[k] = i
+    return n32
+
+
+cdef _Batch _gather(list params, list grads, tuple slots, object steps,
+                    object index, bint single):
+    """Check a whole batch (see _gather_written) and build its kernel call."""
+    cdef Py_ssize_t n = len(params), i
+    if len(grads) != n:
+        raise ValueError(f"got {len(grads)} grads for {n} params")
     cdef _Batch batch = _Batch.__new__(_Batch)
     batch.keep = []
     batch.count = n
@@ -300,62 +371,15 @@ cdef _Batch _gather(list params, list grads, tuple slots, object steps,
         free(spans)
         raise MemoryError()
     cdef gd_buffer *staged = batch.buffers + n   # in argument order
-    cdef Py_ssize_t nspans = 0, lo, hi, n32 = 0
-    cdef cnp.ndarray p, a, g
-    cdef list grad_arrays = [None] * n
-    cdef list state_list
+    cdef Py_ssize_t nspans
     try:
+        nspans = _gather_written(params, slots, steps, index, single, staged, spans)
         for i in range(n):
-            p = _check_written(params[i], _PARAM, i, index, single, None)
-            if cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32:
-                n32 += 1
-            staged[i].param = cnp.PyArray_DATA(p)
-            staged[i].n = cnp.PyArray_SIZE(p)
-            staged[i].step = _step_of(steps, i, index, single)
-            _add_span(spans, &nspans, p, i, -1)
-            for s in range(3):
-                staged[i].state[s] = NULL
-            for s in range(nslots):
-                state_list = slots[s][1]
-                if state_list is None:
-                    continue
-                a = _check_written(state_list[i], slots[s][0], i, index, single, p)
-                staged[i].state[s] = cnp.PyArray_DATA(a)
-                _add_span(spans, &nspans, a, i, s)
-            g = _check_grad(grads[i], i, index, single, p, batch.keep)
-            grad_arrays[i] = g
-            staged[i].grad = cnp.PyArray_DATA(g)
-
-        # Written buffers must be pairwise disjoint.
-        qsort(spans, nspans, sizeof(_Span), _span_cmp)
-        for k in range(1, nspans):
-            if spans[k].lo < spans[k - 1].hi:
-                raise ValueError(
-                    f"{_span_label(spans[k - 1], slots, index, single)} and "
-                    f"{_span_label(spans[k], slots, index, single)} overlap in memory; "
-                    "every param and state buffer must be a distinct array")
-        # A grad that shares memory with a written buffer is read from a copy.
-        for i in range(n):
-            g = grad_arrays[i]
-            lo = <Py_ssize_t>cnp.PyArray_DATA(g)
-            hi = lo + cnp.PyArray_NBYTES(g)
-            if hi > lo and _overlaps_written(spans, nspans, <uintptr_t>lo, <uintptr_t>hi):
-                g = g.copy()
-                batch.keep.append(g)
-                staged[i].grad = cnp.PyArray_DATA(g)
+            _gather_grad(grads[i], i, index, single, <cnp.ndarray>params[i], &staged[i],
+                         spans, nspans, batch.keep)
     finally:
         free(spans)
-
-    # Stable partition by dtype: float32 first.
-    cdef Py_ssize_t f32 = 0, f64 = n32
-    for i in range(n):
-        if cnp.PyArray_TYPE(<cnp.ndarray>params[i]) == cnp.NPY_FLOAT32:
-            memcpy(&batch.buffers[f32], &staged[i], sizeof(gd_buffer))
-            f32 += 1
-        else:
-            memcpy(&batch.buffers[f64], &staged[i], sizeof(gd_buffer))
-            f64 += 1
-    batch.n32 = n32
+    batch.n32 = _partition(params, staged, batch.buffers, NULL)
     return batch
 
 
@@ -395,10 +419,19 @@ def check_sgd(double lr, double momentum, double dampening, double weight_decay,
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
 
+cdef int _sgd_options(_Options *o, double lr, double momentum, double dampening,
+                      double weight_decay, bint nesterov, bint maximize) except -1:
+    check_sgd(lr, momentum, dampening, weight_decay, nesterov)
+    o.sgd = gd_sgd_options(lr=lr, momentum=momentum, dampening=dampening,
+                           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+    return 0
+
+
 cdef _sgd(list params, list grads, list momentum_buffers, object steps, double lr,
           double momentum, double dampening, double weight_decay, bint nesterov,
           bint maximize, object index, bint single, bint defer=False):
-    check_sgd(lr, momentum, dampening, weight_decay, nesterov)
+    cdef _Options o
+    _sgd_options(&o, lr, momentum, dampening, weight_decay, nesterov, maximize)
     if momentum != 0:
         if momentum_buffers is None:
             raise ValueError(f"momentum={momentum} needs "
@@ -413,10 +446,7 @@ cdef _sgd(list params, list grads, list momentum_buffers, object steps, double l
         steps = 1
     cdef _Batch b = _gather(params, grads, ((_MOMENTUM_BUFFER, momentum_buffers),),
                             steps, index, single)
-    b.kind = _SGD
-    b.options.sgd = gd_sgd_options(lr=lr, momentum=momentum, dampening=dampening,
-                                   weight_decay=weight_decay, nesterov=nesterov,
-                                   maximize=maximize)
+    b.kind, b.options = _SGD, o
     return _finish(b, defer)
 
 
@@ -478,19 +508,26 @@ def check_adagrad(double lr, double lr_decay, double weight_decay,
         raise ValueError(f"Invalid epsilon value: {eps}")
 
 
+cdef int _adagrad_options(_Options *o, double lr, double lr_decay, double weight_decay,
+                          double initial_accumulator_value, double eps,
+                          bint maximize) except -1:
+    check_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
+    o.adagrad = gd_adagrad_options(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                   eps=eps, maximize=maximize)
+    return 0
+
+
 cdef _adagrad(list params, list grads, list sums, object steps, double lr,
               double lr_decay, double weight_decay, double eps, bint maximize,
               object index, bint single, bint defer=False):
-    check_adagrad(lr, lr_decay, weight_decay, 0.0, eps)
+    cdef _Options o
+    _adagrad_options(&o, lr, lr_decay, weight_decay, 0.0, eps, maximize)
     if steps is None:
         raise ValueError(f"adagrad needs step{'' if single else 's'}")
     if sums is None:
         raise ValueError(f"adagrad needs {_SUM[0 if single else 1]}")
     cdef _Batch b = _gather(params, grads, ((_SUM, sums),), steps, index, single)
-    b.kind = _ADAGRAD
-    b.options.adagrad = gd_adagrad_options(lr=lr, lr_decay=lr_decay,
-                                           weight_decay=weight_decay, eps=eps,
-                                           maximize=maximize)
+    b.kind, b.options = _ADAGRAD, o
     return _finish(b, defer)
 
 
@@ -536,11 +573,21 @@ def check_rmsprop(double lr, double alpha, double eps, double weight_decay,
         raise ValueError(f"Invalid alpha value: {alpha}")
 
 
+cdef int _rmsprop_options(_Options *o, double lr, double alpha, double eps,
+                          double weight_decay, double momentum, bint centered,
+                          bint maximize) except -1:
+    check_rmsprop(lr, alpha, eps, weight_decay, momentum)
+    o.rmsprop = gd_rmsprop_options(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                   momentum=momentum, centered=centered, maximize=maximize)
+    return 0
+
+
 cdef _rmsprop(list params, list grads, list square_avgs, list momentum_buffers,
               list grad_avgs, object steps, double lr, double alpha, double eps,
               double weight_decay, double momentum, bint centered, bint maximize,
               object index, bint single, bint defer=False):
-    check_rmsprop(lr, alpha, eps, weight_decay, momentum)
+    cdef _Options o
+    _rmsprop_options(&o, lr, alpha, eps, weight_decay, momentum, centered, maximize)
     cdef int w = 0 if single else 1
     if square_avgs is None:
         raise ValueError(f"rmsprop needs {_SQUARE_AVG[w]}")
@@ -553,10 +600,7 @@ cdef _rmsprop(list params, list grads, list square_avgs, list momentum_buffers,
                             ((_SQUARE_AVG, square_avgs), (_MOMENTUM_BUFFER, momentum_buffers),
                              (_GRAD_AVG, grad_avgs)),
                             1 if steps is None else steps, index, single)
-    b.kind = _RMSPROP
-    b.options.rmsprop = gd_rmsprop_options(lr=lr, alpha=alpha, eps=eps,
-                                           weight_decay=weight_decay, momentum=momentum,
-                                           centered=centered, maximize=maximize)
+    b.kind, b.options = _RMSPROP, o
     return _finish(b, defer)
 
 
@@ -617,11 +661,21 @@ def check_adam(double lr, betas, double eps, double weight_decay):
     return float(beta1), float(beta2)
 
 
+cdef int _adam_options(_Options *o, double lr, object betas, double eps, double weight_decay,
+                       bint amsgrad, bint maximize, bint decoupled_weight_decay) except -1:
+    beta1, beta2 = check_adam(lr, betas, eps, weight_decay)
+    o.adam = gd_adam_options(lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                             weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                             decoupled_weight_decay=decoupled_weight_decay)
+    return 0
+
+
 cdef _adam(list params, list grads, list exp_avgs, list exp_avg_sqs, list max_exp_avg_sqs,
            object steps, double lr, object betas, double eps, double weight_decay,
            bint amsgrad, bint maximize, bint decoupled_weight_decay, object index,
            bint single, bint defer=False):
-    beta1, beta2 = check_adam(lr, betas, eps, weight_decay)
+    cdef _Options o
+    _adam_options(&o, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
     cdef int w = 0 if single else 1
     if steps is None:
         raise ValueError(f"adam needs step{'' if single else 's'}")
@@ -633,11 +687,7 @@ cdef _adam(list params, list grads, list exp_avgs, list exp_avg_sqs, list max_ex
                             ((_EXP_AVG, exp_avgs), (_EXP_AVG_SQ, exp_avg_sqs),
                              (_MAX_EXP_AVG_SQ, max_exp_avg_sqs)),
                             steps, index, single)
-    b.kind = _ADAM
-    b.options.adam = gd_adam_options(lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                                     weight_decay=weight_decay, amsgrad=amsgrad,
-                                     maximize=maximize,
-                                     decoupled_weight_decay=decoupled_weight_decay)
+    b.kind, b.options = _ADAM, o
     return _finish(b, defer)
 
 
@@ -705,6 +755,279 @@ def adamw_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, s
           _optional_list(max_exp_avg_sqs, "max_exp_avg_sqs"), steps, _real(lr, "lr"),
           betas, _real(eps, "eps"), _real(weight_decay, "weight_decay"), amsgrad, maximize,
           True, _index, False, _defer)
+
+
+# -------------------------------------------- the optimizer classes' path
+
+# State names of each optimizer class, in the kernel's slot order.
+cdef dict _CLASS_SLOTS = {
+    "SGD": (_MOMENTUM_BUFFER,),
+    "Adagrad": (_SUM,),
+    "RMSprop": (_SQUARE_AVG, _MOMENTUM_BUFFER, _GRAD_AVG),
+    "Adam": (_EXP_AVG, _EXP_AVG_SQ, _MAX_EXP_AVG_SQ),
+    "AdamW": (_EXP_AVG, _EXP_AVG_SQ, _MAX_EXP_AVG_SQ),
+}
+
+
+# The hyperparameters each class reads from its param groups.
+cdef dict _CLASS_KEYS = {
+    "SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
+                "maximize"),
+    "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
+    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+             "decoupled_weight_decay"),
+    "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+              "decoupled_weight_decay"),
+}
+
+
+cdef _Kind _group_options(str kind, dict g, _Options *o, bint *used) except *:
+    """Check a class's param group (the same checks as the functional API)
+    and fill o; used[s]: whether state slot s takes part."""
+    used[0], used[1], used[2] = True, False, False
+    if kind == "SGD":
+        _sgd_options(o, g["lr"], g["momentum"], g["dampening"], g["weight_decay"],
+                     g["nesterov"], g["maximize"])
+        used[0] = g["momentum"] != 0
+        return _SGD
+    if kind == "Adagrad":
+        _adagrad_options(o, g["lr"], g["lr_decay"], g["weight_decay"],
+                         g["initial_accumulator_value"], g["eps"], g["maximize"])
+        return _ADAGRAD
+    if kind == "RMSprop":
+        _rmsprop_options(o, g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"],
+                         g["centered"], g["maximize"])
+        used[1], used[2] = g["momentum"] > 0, bool(g["centered"])
+        return _RMSPROP
+    if kind == "Adam" or kind == "AdamW":
+        if kind == "AdamW" and not g["decoupled_weight_decay"]:
+            raise ValueError("AdamW requires decoupled_weight_decay=True")
+        _adam_options(o, g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"],
+                      g["maximize"], g["decoupled_weight_decay"])
+        used[1], used[2] = True, bool(g["amsgrad"])
+        return _ADAM
+    raise ValueError(f"unknown optimizer kind {kind!r}")
+
+
+def check_group(str kind, dict group):
+    """Check a class's param group hyperparameters (raises ValueError)."""
+    cdef _Options o
+    cdef bint used[3]
+    _group_options(kind, group, &o, used)
+
+
+def slots_in_use(str kind, dict group):
+    """The state names a step of this group reads and writes."""
+    cdef _Options o
+    cdef bint used[3]
+    _group_options(kind, group, &o, used)
+    return tuple(names[0] for s, names in enumerate(_CLASS_SLOTS[kind]) if used[s])
+
+
+def group_batch(str kind, dict group, list params, list grads, list states, object steps,
+                list index):
+    """A checked, deferred kernel call for one param group of a class:
+    states[i] maps torch's state names to param i's arrays."""
+    cdef _Options o
+    cdef bint used[3]
+    cdef _Kind k = _group_options(kind, group, &o, used)
+    names = _CLASS_SLOTS[kind]
+    slots = tuple((names[s], [st[names[s][0]] for st in states] if used[s] else None)
+                  for s in range(len(names)))
+    cdef _Batch b = _gather(params, grads, slots, steps, index, False)
+    b.kind, b.options = k, o
+    return b
+
+
+cdef tuple _group_values(dict group, tuple keys):
+    return tuple([group[key] for key in keys])
+
+
+cdef tuple _slots_used(str kind, const bint *used):
+    names = _CLASS_SLOTS[kind]
+    return tuple([names[j][0] for j in range(len(names)) if used[j]])
+
+
+cdef class Plan:
+    """The kernel calls of an optimizer whose params and state are settled.
+
+    Built after a step in which every param had a grad; then each step()
+    checks the grads (with the same checks as every call), reads and checks
+    the hyperparameters of every group, advances the step counters and calls
+    C, with no Python-level loop over params.  `run` returns False, having
+    changed nothing, whenever something the plan depends on has changed (a
+    grad is None; a group's params, or an option that selects state; a state
+    dict or state array was replaced; a param's data or flags), and the
+    caller then takes the general path, which builds a new plan.
+    """
+    cdef str kind
+    cdef _Kind kind_code
+    cdef bint counts_steps
+    cdef dict state_by_id       # the optimizer's ParamState._by_id
+    cdef list groups            # group dicts
+    cdef list group_params      # each group's "params" list object, as planned
+    cdef list group_values      # each group's hyperparameter objects, as last checked
+    cdef tuple keys             # the names of those hyperparameters
+    cdef list group_slots       # the state names each group's step uses
+    cdef Py_ssize_t ngroups, count, nspans
+    cdef Py_ssize_t *group_start    # [ngroups + 1]: group g is buffers[start[g]:start[g+1]]
+    cdef Py_ssize_t *group_n32      # float32 buffers come first in each group
+    cdef Py_ssize_t *position       # buffers[k] is grads[position[k]]
+    cdef Py_ssize_t *member         # ... and group["params"][member[k]]
+    cdef _Options *options
+    cdef gd_buffer *buffers
+    cdef _Span *spans               # every written buffer, sorted
+    cdef list params, states, arrays, slot_names, entries, ids
+
+    def __dealloc__(self):
+        free(self.group_start)
+        free(self.group_n32)
+        free(self.position)
+        free(self.member)
+        free(self.options)
+        free(self.buffers)
+        free(self.spans)
+
+    @staticmethod
+    def build(str kind, list param_groups, dict state_by_id, bint counts_steps):
+        """A plan for this optimizer, or None when some param lacks state."""
+        cdef Plan plan = Plan.__new__(Plan)
+        cdef Py_ssize_t ngroups = len(param_groups), total = 0, g, i, k, s, flat = 0
+        cdef Py_ssize_t start = 0, nspans = 0
+        cdef bint used[3]
+        cdef cnp.ndarray p
+        plan.kind, plan.counts_steps, plan.state_by_id = kind, counts_steps, state_by_id
+        plan.groups, plan.group_params, plan.group_values = [], [], []
+        plan.params, plan.states, plan.arrays, plan.slot_names = [], [], [], []
+        plan.entries, plan.ids = [], []
+        plan.keys = _CLASS_KEYS[kind]
+        plan.group_slots = []
+        for group in param_groups:
+            total += len(group["params"])
+        plan.ngroups, plan.count = ngroups, total
+        plan.group_start = <Py_ssize_t *>malloc((ngroups + 1) * sizeof(Py_ssize_t))
+        plan.group_n32 = <Py_ssize_t *>malloc((ngroups + 1) * sizeof(Py_ssize_t))
+        plan.options = <_Options *>malloc((ngroups + 1) * sizeof(_Options))
+        plan.buffers = <gd_buffer *>malloc((2 * total + 1) * sizeof(gd_buffer))
+        plan.position = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
+        plan.member = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
+        plan.spans = <_Span *>malloc((4 * total + 1) * sizeof(_Span))
+        if (plan.group_start == NULL or plan.group_n32 == NULL or plan.options == NULL or
+                plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
+                plan.spans == NULL):
+            raise MemoryError()
+        cdef gd_buffer *staged = plan.buffers + total
+        names = _CLASS_SLOTS[kind]
+        for g in range(ngroups):
+            group = param_groups[g]
+            plan.kind_code = _group_options(kind, group, &plan.options[g], used)
+            in_use = tuple(names[s][0] for s in range(len(names)) if used[s])
+            params = list(group["params"])
+            states = []
+            for q in params:
+                entry = state_by_id.get(id(q))
+                if entry is None or any(name not in entry[1] for name in in_use):
+                    return None
+                states.append(entry[1])
+            plan.groups.append(group)
+            plan.group_params.append(group["params"])
+            plan.group_values.append(_group_values(group, plan.keys))
+            plan.group_slots.append(in_use)
+            slots = tuple((names[s], [st[names[s][0]] for st in states] if used[s] else None)
+                          for s in range(len(names)))
+            index = list(range(flat, flat + len(params)))
+            # checks this group's buffers; plan.spans is scratch here
+            _gather_written(params, slots, 1, index, False, staged + start, plan.spans)
+            plan.group_start[g] = start
+            plan.group_n32[g] = _partition(params, staged + start, plan.buffers + start,
+                                           plan.member + start)
+            for k in range(start, start + len(params)):
+                i = plan.member[k]
+                plan.position[k] = flat + i
+                plan.params.append(params[i])
+                plan.states.append(states[i])
+                plan.ids.append(id(params[i]))
+                plan.entries.append(state_by_id[id(params[i])])
+                plan.arrays.append(tuple(states[i][name] for name in in_use))
+                plan.slot_names.append(in_use)
+            start += len(params)
+            flat += len(params)
+        plan.group_start[ngroups] = start
+        # Written buffers of all groups, sorted; disjoint across groups too.
+        for k in range(total):
+            p = <cnp.ndarray>plan.params[k]
+            _add_span(plan.spans, &nspans, p, plan.position[k], -1)
+            for a in plan.arrays[k]:
+                _add_span(plan.spans, &nspans, <cnp.ndarray>a, plan.position[k], 0)
+        qsort(plan.spans, nspans, sizeof(_Span), _span_cmp)
+        for k in range(1, nspans):
+            if plan.spans[k].lo < plan.spans[k - 1].hi:
+                raise ValueError(f"the buffers of params[{plan.spans[k - 1].buffer}] and "
+                                 f"params[{plan.spans[k].buffer}] overlap in memory")
+        plan.nspans = nspans
+        return plan
+
+    def run(self, list grads):
+        """One step, if the plan still holds (see the class docstring)."""
+        cdef Py_ssize_t g, k, s, n = self.count
+        cdef bint used[3]
+        cdef cnp.ndarray p
+        cdef dict st
+        cdef list lst, keep = []
+        if len(grads) != n:
+            return False
+        for g in range(self.ngroups):
+            group = <dict>self.groups[g]
+            lst = group["params"]
+            if (lst is not self.group_params[g]
+                    or len(lst) != self.group_start[g + 1] - self.group_start[g]):
+                return False
+            values = <tuple>self.group_values[g]
+            for s in range(len(self.keys)):
+                if group.get(self.keys[s]) is not values[s]:
+                    # changed (a schedule): check, and keep it only if it needs
+                    # the same state slots
+                    _group_options(self.kind, group, &self.options[g], used)
+                    if _slots_used(self.kind, used) != self.group_slots[g]:
+                        return False
+                    self.group_values[g] = _group_values(group, self.keys)
+                    break
+            for k in range(self.group_start[g], self.group_start[g + 1]):
+                p = <cnp.ndarray>self.params[k]
+                if lst[self.member[k]] is not p or grads[self.position[k]] is None:
+                    return False
+                st = <dict>self.states[k]
+                if self.state_by_id.get(self.ids[k]) is not self.entries[k]:
+                    return False
+                names = <tuple>self.slot_names[k]
+                arrays = <tuple>self.arrays[k]
+                for s in range(len(names)):
+                    if st.get(names[s]) is not arrays[s]:
+                        return False
+                if (cnp.PyArray_DATA(p) != self.buffers[k].param
+                        or not cnp.PyArray_ISWRITEABLE(p)):
+                    return False
+        for k in range(n):
+            _gather_grad(grads[self.position[k]], self.position[k], None, False,
+                         <cnp.ndarray>self.params[k], &self.buffers[k], self.spans,
+                         self.nspans, keep)
+            if self.counts_steps:
+                self.buffers[k].step = (<dict>self.states[k])["step"] + 1
+            else:
+                self.buffers[k].step = 2        # SGD: the momentum buffer exists
+        # All checked: commit the step counters, then run.
+        if self.counts_steps:
+            for k in range(n):
+                (<dict>self.states[k])["step"] = self.buffers[k].step
+        with nogil:
+            for g in range(self.ngroups):
+                k = self.group_start[g]
+                _run(self.kind_code, &self.options[g], self.buffers + k, self.group_n32[g],
+                     GD_FLOAT32)
+                _run(self.kind_code, &self.options[g], self.buffers + k + self.group_n32[g],
+                     self.group_start[g + 1] - k - self.group_n32[g], GD_FLOAT64)
+        return True
 
 
 # -------------------------------------------------------- benchmark probe

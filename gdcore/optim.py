@@ -2,15 +2,19 @@
 groups, per-param state and state_dict, over NumPy arrays.
 
 Design note.  A class holds hyperparameters (``param_groups``) and state
-(``state``, keyed by the param array itself) and nothing else: each step
-builds, per param group, one batch call of the functional layer
-(``gdcore._core.*_multi``), so the class and the functional API run the same
-kernel and agree bit for bit.  step() first checks every group's batch
+(``state``, keyed by the param array itself) and nothing else.  The general
+step builds, per param group, one batch kernel call in the Cython layer
+(``gdcore._core.group_batch``, the same checks and kernels as the functional
+API, so the two agree bit for bit).  It first checks every group's batch
 (deferred), and only when all are valid commits new state and step counters
 and runs the kernels: a bad grad anywhere leaves every param and every piece
-of state as it was.  Hyperparameters are checked at construction and again,
-by the same functions, at every step, so a schedule that writes an invalid
-``group["lr"]`` fails loudly instead of corrupting the run.
+of state as it was.  Once every param has state, a ``_core.Plan`` caches the
+pointers of params and state, and later steps run in Cython with no Python
+loop over params (the per-call overhead of a small step is well under a
+microsecond); the plan re-checks grads and hyperparameters on every step
+and hands back to the general path whenever anything it relies on changed.
+Hyperparameters are checked at construction and at every step, so a
+schedule that writes an invalid ``group["lr"]`` fails loudly.
 """
 from collections.abc import MutableMapping
 import math
@@ -103,9 +107,11 @@ class ParamState(MutableMapping):
 class Optimizer:
     """Base of gdcore's optimizer classes (the torch.optim.Optimizer shape).
 
-    Subclasses define `_check(group)`, `_missing_state(state, param, group)`
-    and `_batch(group, params, grads, states, added, index)`.
+    Subclasses set `_kind` (the kernel family in gdcore._core) and define
+    `_missing_state(state, param, group)`.
     """
+
+    _kind = None
 
     #: per-param state entries that hold arrays, in the kernel's order
     _state_arrays = ()
@@ -116,6 +122,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = ParamState()
+        self._plan = None
         if isinstance(params, (np.ndarray, dict)):
             raise TypeError("params must be an iterable of numpy arrays or of param-group "
                             f"dicts, not a single {type(params).__name__}")
@@ -164,17 +171,26 @@ class Optimizer:
         _check_disjoint(existing + params)
         group["params"] = params
         self.param_groups.append(group)
+        self._plan = None
+
+    def _check(self, group):
+        _core.check_group(self._kind, group)
 
     # --------------------------------------------------------------- step
     def step(self, grads):
         """One optimization step.  ``grads``: one per param, in the order of
         the params over all groups; each an array-like of exactly its param's
         shape and dtype, or None to leave that param (and its state) alone."""
-        try:
-            grads = list(grads)
-        except TypeError:
-            raise TypeError(f"grads must be a sequence with one grad per param, not "
-                            f"{type(grads).__name__}") from None
+        if type(grads) is not list:
+            try:
+                grads = list(grads)
+            except TypeError:
+                raise TypeError(f"grads must be a sequence with one grad per param, not "
+                                f"{type(grads).__name__}") from None
+        plan = self._plan
+        if plan is not None and plan.run(grads):
+            return
+        self._plan = None
         total = sum(len(group["params"]) for group in self.param_groups)
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} grads for {total} params "
@@ -200,7 +216,8 @@ class Optimizer:
                     touched.append((p, state, is_new, added))
                 position += 1
             if params:
-                batch = self._batch(group, params, group_grads, views, added_list, index)
+                batch = _core.group_batch(self._kind, group, params, group_grads, views,
+                                          self._step_numbers(views, added_list), index)
                 pending.append((batch, touched))
         # Everything checked: commit state, then run.
         for _, touched in pending:
@@ -213,6 +230,9 @@ class Optimizer:
                     state["step"] += 1
         for batch, _ in pending:
             batch.run()
+        if all(g is not None for g in grads):
+            self._plan = _core.Plan.build(self._kind, self.param_groups, self.state._by_id,
+                                          self._counts_steps)
 
     def _missing_state(self, state, param, group):
         """New state arrays this param needs now (state itself is untouched:
@@ -220,7 +240,8 @@ class Optimizer:
         return {}
 
     @staticmethod
-    def _steps(states):
+    def _step_numbers(states, added):
+        """The 1-based number of the step about to run, per param."""
         return [state["step"] + 1 for state in states]
 
     # --------------------------------------------------------- state dict
@@ -288,6 +309,7 @@ class Optimizer:
             new_state[p] = loaded
         self.param_groups = new_groups
         self.state = new_state
+        self._plan = None
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -338,6 +360,7 @@ class SGD(Optimizer):
             opt.step([2 * (theta - 3)])
     """
 
+    _kind = "SGD"
     _state_arrays = ("momentum_buffer",)
     _counts_steps = False
 
@@ -348,25 +371,15 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
-    def _check(self, g):
-        _core.check_sgd(g["lr"], g["momentum"], g["dampening"], g["weight_decay"],
-                        g["nesterov"])
-
     def _missing_state(self, state, param, group):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             return {"momentum_buffer": _aligned_full(param, 0)}
         return {}
 
-    def _batch(self, g, params, grads, states, added, index):
-        buffers = steps = None
-        if g["momentum"] != 0:
-            # torch: the first step sets the buffer to the gradient.
-            buffers = [st["momentum_buffer"] for st in states]
-            steps = [1 if "momentum_buffer" in new else 2 for new in added]
-        return _core.sgd_multi(params, grads, buffers, steps=steps, lr=g["lr"],
-                               momentum=g["momentum"], dampening=g["dampening"],
-                               weight_decay=g["weight_decay"], nesterov=g["nesterov"],
-                               maximize=g["maximize"], _index=index, _defer=True)
+    @staticmethod
+    def _step_numbers(states, added):
+        # torch: the first step sets the momentum buffer to the gradient.
+        return [1 if "momentum_buffer" in new else 2 for new in added]
 
 
 # ----------------------------------------------------------------- Adagrad
@@ -382,6 +395,7 @@ class Adagrad(Optimizer):
     :math:`s`), eps (1e-10), maximize (False).  State: ``step``, ``sum``.
     """
 
+    _kind = "Adagrad"
     _state_arrays = ("sum",)
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
@@ -391,21 +405,10 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
 
-    def _check(self, g):
-        _core.check_adagrad(g["lr"], g["lr_decay"], g["weight_decay"],
-                            g["initial_accumulator_value"], g["eps"])
-
     def _missing_state(self, state, param, group):
         if "sum" not in state:
             return {"sum": _aligned_full(param, group["initial_accumulator_value"])}
         return {}
-
-    def _batch(self, g, params, grads, states, added, index):
-        return _core.adagrad_multi(params, grads, [st["sum"] for st in states],
-                                   steps=self._steps(states), lr=g["lr"],
-                                   lr_decay=g["lr_decay"], weight_decay=g["weight_decay"],
-                                   eps=g["eps"], maximize=g["maximize"], _index=index,
-                                   _defer=True)
 
 
 # ----------------------------------------------------------------- RMSprop
@@ -427,6 +430,7 @@ class RMSprop(Optimizer):
     (centered).
     """
 
+    _kind = "RMSprop"
     _state_arrays = ("square_avg", "momentum_buffer", "grad_avg")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
@@ -435,9 +439,6 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       maximize=maximize))
-
-    def _check(self, g):
-        _core.check_rmsprop(g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"])
 
     def _missing_state(self, state, param, group):
         added = {}
@@ -448,16 +449,6 @@ class RMSprop(Optimizer):
         if group["centered"] and "grad_avg" not in state:
             added["grad_avg"] = _aligned_full(param, 0)
         return added
-
-    def _batch(self, g, params, grads, states, added, index):
-        momentum_buffers = ([st["momentum_buffer"] for st in states]
-                            if g["momentum"] > 0 else None)
-        grad_avgs = [st["grad_avg"] for st in states] if g["centered"] else None
-        return _core.rmsprop_multi(params, grads, [st["square_avg"] for st in states],
-                                   momentum_buffers, grad_avgs, lr=g["lr"], alpha=g["alpha"],
-                                   eps=g["eps"], weight_decay=g["weight_decay"],
-                                   momentum=g["momentum"], centered=g["centered"],
-                                   maximize=g["maximize"], _index=index, _defer=True)
 
 
 # -------------------------------------------------------------------- Adam
@@ -487,6 +478,7 @@ class Adam(Optimizer):
             opt.step([2 * (theta - 3)])
     """
 
+    _kind = "Adam"
     _state_arrays = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
@@ -495,9 +487,6 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay))
-
-    def _check(self, g):
-        g["betas"] = _core.check_adam(g["lr"], g["betas"], g["eps"], g["weight_decay"])
 
     def _missing_state(self, state, param, group):
         added = {}
@@ -508,28 +497,15 @@ class Adam(Optimizer):
             added["max_exp_avg_sq"] = _aligned_full(param, 0)
         return added
 
-    def _batch(self, g, params, grads, states, added, index):
-        max_exp_avg_sqs = [st["max_exp_avg_sq"] for st in states] if g["amsgrad"] else None
-        return _core.adam_multi(params, grads, [st["exp_avg"] for st in states],
-                                [st["exp_avg_sq"] for st in states], max_exp_avg_sqs,
-                                steps=self._steps(states), lr=g["lr"], betas=g["betas"],
-                                eps=g["eps"], weight_decay=g["weight_decay"],
-                                amsgrad=g["amsgrad"], maximize=g["maximize"],
-                                decoupled_weight_decay=g["decoupled_weight_decay"],
-                                _index=index, _defer=True)
-
 
 class AdamW(Adam):
     r"""AdamW (torch.optim.AdamW): Adam with decoupled weight decay,
     :math:`\theta \leftarrow (1-\gamma\lambda)\theta` before the Adam update,
     default weight_decay 1e-2."""
 
+    _kind = "AdamW"
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
-
-    def _check(self, g):
-        if not g["decoupled_weight_decay"]:
-            raise ValueError("AdamW requires decoupled_weight_decay=True")
-        super()._check(g)

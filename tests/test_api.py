@@ -180,3 +180,62 @@ def test_add_param_group():
     opt.step([np.ones(2), np.ones(3)])
     np.testing.assert_allclose(a, 0.9)
     np.testing.assert_allclose(b, 0.0)
+
+
+class _NoPlan:
+    """Wraps an optimizer so that every step takes the general path."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def step(self, grads):
+        self.opt._plan = None
+        self.opt.step(grads)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cached_plan_equals_general_path_under_changes(name):
+    """The steady-state fast path (a cached plan) against the general path,
+    bit for bit, while the user changes things between steps."""
+    rng = np.random.default_rng(4)
+    config = dict(CONFIGS[name][-1])
+    shapes = [(4, 5), (7,), ()]
+    dtypes = [np.float32, np.float64, np.float32]
+    runs = []
+    for wrap in (lambda o: o, _NoPlan):
+        params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(d)
+                  for s, d in zip(shapes, dtypes)]
+        opt = getattr(gdcore, name)([{"params": params[:2]}, {"params": params[2:]}], **config)
+        runs.append((wrap(opt), opt, params))
+    grads_seq = [[rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+                 for _ in range(12)]
+    for t, grads in enumerate(grads_seq):
+        for wrapped, opt, params in runs:
+            if t == 4:
+                opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] * 0.5
+            if t == 6:
+                key = [k for k in opt.state[params[0]] if k != "step"][0]
+                opt.state[params[0]][key] = opt.state[params[0]][key] * 0.5
+            if t == 8:
+                opt.load_state_dict(opt.state_dict())
+            g = list(grads)
+            if t == 9:
+                g[1] = None
+            wrapped.step(g)
+        (_, a, pa), (_, b, pb) = runs
+        for k, (x, y) in enumerate(zip(pa, pb)):
+            np.testing.assert_array_equal(x, y, err_msg=f"params[{k}] after step {t}")
+            for key, value in a.state[x].items():
+                np.testing.assert_array_equal(value, b.state[y][key], err_msg=key)
+    assert runs[0][1]._plan is not None        # the fast path was in use at the end
+
+
+def test_plan_sees_a_param_list_changed_in_place():
+    a, b = np.ones(3), np.ones(3)
+    opt = gdcore.SGD([a], lr=0.5)
+    opt.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    opt.param_groups[0]["params"][0] = b          # swapped behind the optimizer's back
+    opt.step([np.ones(3)])
+    np.testing.assert_array_equal(a, 0.0)
+    np.testing.assert_array_equal(b, 0.5)
