@@ -211,7 +211,10 @@ def deepspeed_cpu(name, config, params, grads):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         opt = DeepSpeedCPUAdam(tensors, lr=config["lr"], adamw_mode=name == "AdamW",
                                weight_decay=1e-2 if name == "AdamW" else 0.0)
-    opt.step()
+    try:
+        opt.step()
+    except RuntimeError as exc:       # e.g. float64 is not supported by its kernels
+        raise Unsupported(f"DeepSpeed: {str(exc).splitlines()[0]}") from None
     return opt.step
 
 

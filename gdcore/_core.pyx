@@ -1032,6 +1032,9 @@ cdef class Plan:
 
 # -------------------------------------------------------- benchmark probe
 
+cdef tuple _PROBE_NAMES = (("state0", "states0"), ("state1", "states1"), ("state2", "states2"))
+
+
 def stream(params, grads, states, *, int nread, int nwrite):
     """Benchmark roofline probe (not an optimizer): per element, read nread of
     (param, grad, states...) and write nwrite of (param, states...), with no
@@ -1043,8 +1046,8 @@ def stream(params, grads, states, *, int nread, int nwrite):
     states = list(states)
     if len(states) != nread - 2:
         raise ValueError(f"nread={nread} needs {nread - 2} state lists, got {len(states)}")
-    cdef tuple slots = tuple(((f"state{k}", f"states{k}"), _as_list(s, "states"))
-                             for k, s in enumerate(states))
+    cdef tuple slots = tuple([(_PROBE_NAMES[k], _as_list(states[k], "states"))
+                              for k in range(len(states))])
     cdef _Batch b = _gather(_as_list(params, "params"), _as_list(grads, "grads"), slots, 1,
                             None, False)
     with nogil:
