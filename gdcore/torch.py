@@ -1,0 +1,272 @@
+"""gdcore as a drop-in fast backend for PyTorch.
+
+``gdcore.torch.SGD``, ``.Adagrad``, ``.RMSprop``, ``.Adam`` and ``.AdamW`` are
+subclasses of the torch.optim class of the same name: same constructor
+(signature, defaults, validation, messages), same ``param_groups``, the same
+``state`` (torch tensors under torch's names, ``step`` as torch stores it),
+so ``state_dict()`` / ``load_state_dict()``, ``zero_grad``,
+``add_param_group``, optimizer hooks, ``torch.optim.lr_scheduler`` and
+``torch.distributed.optim.ZeroRedundancyOptimizer`` work as with torch.  Only
+``step`` differs: it runs gdcore's kernels, zero-copy, on CPU float32/float64
+contiguous tensors, one C call per param group.
+
+Design note.  Each optimizer keeps an *engine*: a gdcore NumPy optimizer
+(gdcore.Adam, ...) over NumPy views of the params, whose state arrays are
+views of the torch state tensors (or, for state the engine creates itself,
+torch tensors made from its arrays with torch.from_numpy): one memory, two
+names.  step() hands the engine the grads as NumPy views (no copies), copies
+the group hyperparameters into it (so schedulers work), and advances torch's
+``step`` tensors with one foreach call.  The engine is rebuilt from torch's
+state whenever the params or the state were replaced (load_state_dict,
+add_param_group, ``p.data = ...``).
+
+Params the kernels cannot take (not on the CPU, not contiguous, not
+float32/float64) and sparse grads raise a clear error naming the param; with
+``fallback=True`` they are stepped by torch's own implementation instead,
+with the same state.  ``foreach`` and ``fused`` are accepted for
+compatibility and change nothing (gdcore's kernel is always fused);
+``differentiable=True`` is not supported.
+"""
+import numpy as np
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from gdcore import optim as _engines
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _unsupported(p):
+    """Why gdcore's kernels cannot update tensor p in place, or None."""
+    if p.device.type != "cpu":
+        return f"is on device {p.device}"
+    if p.dtype not in _DTYPES:
+        return f"has dtype {p.dtype}"
+    if p.layout != torch.strided:
+        return f"has layout {p.layout}"
+    if not p.is_contiguous():
+        return "is not contiguous"
+    if torch.is_complex(p):
+        return "is complex"
+    return None
+
+
+class _GdcoreBackend:
+    """Mixin over a torch.optim class: step() runs gdcore's kernels."""
+
+    _engine_class = None        # the gdcore NumPy optimizer class
+    _torch_class = None         # the torch.optim class (for the fallback)
+
+    def _gd_setup(self, fallback, differentiable):
+        if differentiable:
+            raise ValueError(f"gdcore.torch.{type(self).__name__} does not support "
+                             "differentiable=True (its kernels are not traced by autograd)")
+        self._step_supports_amp_scaling = False     # step(closure) only
+        self._gd_fallback = bool(fallback)
+        self._gd_engine = None
+        for index, p in enumerate(self._gd_flat_params()):
+            self._gd_check_param(p, index)
+
+    # ------------------------------------------------------------ helpers
+    def _gd_flat_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _gd_label(self, index):
+        position = 0
+        for group in self.param_groups:
+            names = group.get("param_names")
+            if index < position + len(group["params"]):
+                if names:
+                    return f"parameter {names[index - position]!r} (params[{index}])"
+                break
+            position += len(group["params"])
+        return f"params[{index}]"
+
+    def _gd_check_param(self, p, index):
+        reason = _unsupported(p)
+        if reason and not self._gd_fallback:
+            raise TypeError(
+                f"gdcore.torch.{type(self).__name__}: {self._gd_label(index)} {reason} "
+                f"(shape {tuple(p.shape)}); gdcore updates contiguous float32/float64 CPU "
+                "tensors. Pass fallback=True to step such params with torch's own "
+                "implementation.")
+        return reason
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if hasattr(self, "_gd_fallback"):
+            start = len(self._gd_flat_params()) - len(self.param_groups[-1]["params"])
+            for k, p in enumerate(self.param_groups[-1]["params"]):
+                self._gd_check_param(p, start + k)
+            self._gd_engine = None
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._gd_engine = None
+
+    # ------------------------------------------------------------- engine
+    def _gd_layout(self):
+        return [len(group["params"]) for group in self.param_groups]
+
+    def _gd_build(self):
+        """A gdcore engine over NumPy views of the supported params, its state
+        views of torch's state tensors."""
+        engine_keys = list(self._engine_class([np.zeros(1)]).defaults)
+        self._gd_pairs = []             # (engine group, torch group)
+        self._gd_params = []            # supported params, engine order
+        self._gd_views = []
+        self._gd_ptrs = []
+        self._gd_static_fallback = []   # per torch group: params torch steps
+        engine_groups = []
+        for group in self.param_groups:
+            views, fallback = [], []
+            for p in group["params"]:
+                if _unsupported(p):
+                    fallback.append(p)
+                    continue
+                view = p.detach().numpy()
+                views.append(view)
+                self._gd_params.append(p)
+                self._gd_views.append(view)
+                self._gd_ptrs.append(p.data_ptr())
+            self._gd_static_fallback.append(fallback)
+            if views:
+                engine_group = {"params": views}
+                engine_group.update({k: group[k] for k in engine_keys if k in group})
+                engine_groups.append(engine_group)
+        engine = None
+        if engine_groups:
+            engine = self._engine_class(engine_groups)
+            pairs = iter(engine.param_groups)
+            for group in self.param_groups:
+                if any(not _unsupported(p) for p in group["params"]):
+                    self._gd_pairs.append((next(pairs), group))
+            for p, view in zip(self._gd_params, self._gd_views):
+                state = self.state.get(p)
+                if state:
+                    engine.state[view] = self._gd_engine_state(state)
+        self._gd_engine = engine
+        self._gd_layout_seen = self._gd_layout()
+
+    def _gd_engine_state(self, state):
+        out = {}
+        for name, value in state.items():
+            if name == "step":
+                out["step"] = int(value.item() if torch.is_tensor(value) else value)
+            elif name in self._engine_class._state_arrays and value is not None:
+                if _unsupported(value):
+                    value = value.contiguous()
+                    state[name] = value
+                out[name] = value.numpy()
+        return out
+
+    # --------------------------------------------------------------- step
+    def step(self, closure=None):
+        """One optimization step over every param with a ``.grad``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            self._gd_step()
+        return loss
+
+    def _gd_step(self):
+        if self._gd_engine is None or self._gd_layout_seen != self._gd_layout() or any(
+                p.data_ptr() != ptr for p, ptr in zip(self._gd_params, self._gd_ptrs)):
+            self._gd_build()
+        dynamic_fallback = []
+        engine = self._gd_engine
+        if engine is not None:
+            for engine_group, group in self._gd_pairs:
+                for key in engine_group:
+                    if key != "params":
+                        engine_group[key] = group[key]
+            grads, stepped = [], []
+            for index, p in enumerate(self._gd_params):
+                g = p.grad
+                if g is None:
+                    grads.append(None)
+                    continue
+                if g.layout != torch.strided or g.device != p.device or g.dtype != p.dtype:
+                    if not self._gd_fallback:
+                        what = ("a sparse grad" if g.is_sparse else
+                                f"a grad of dtype {g.dtype} on {g.device}")
+                        flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
+                        raise RuntimeError(
+                            f"gdcore.torch.{type(self).__name__}: "
+                            f"{self._gd_label(flat)} has {what}; "
+                            "pass fallback=True to step it with torch's own implementation")
+                    dynamic_fallback.append(p)
+                    grads.append(None)
+                    continue
+                grads.append(g.detach().numpy())
+                stepped.append(index)
+            engine.step(grads)
+            self._gd_publish(stepped)
+        self._gd_run_fallback(dynamic_fallback)
+
+    def _gd_publish(self, stepped):
+        """Mirror the engine's new state into torch's and advance `step`."""
+        counters = []
+        for index in stepped:
+            p, view = self._gd_params[index], self._gd_views[index]
+            state = self.state[p]
+            engine_state = self._gd_engine.state[view]
+            if len(state) < len(engine_state) or "step" not in state and "step" in engine_state:
+                for name, value in engine_state.items():
+                    if name == "step":
+                        if "step" not in state:
+                            state["step"] = torch.tensor(float(value - 1),
+                                                         dtype=_get_scalar_dtype())
+                    elif name not in state or state[name] is None:
+                        state[name] = torch.from_numpy(value)
+            if "step" in state:
+                counters.append(state["step"])
+        if counters:
+            torch._foreach_add_(counters, 1.0)
+
+    def _gd_run_fallback(self, dynamic):
+        groups = []
+        dynamic = set(map(id, dynamic))
+        for group, static in zip(self.param_groups, self._gd_static_fallback):
+            params = list(static) + [p for p in group["params"] if id(p) in dynamic]
+            if params:
+                groups.append(dict(group, params=params))
+        if not groups:
+            return
+        fallback = self._torch_class.__new__(self._torch_class)
+        torch.optim.Optimizer.__init__(fallback, groups, self.defaults)
+        fallback.state = self.state
+        self._torch_class.step(fallback)
+        if dynamic:
+            self._gd_engine = None       # torch advanced some steps: re-read state
+
+
+def _make(name, torch_class, engine_class, doc):
+    def __init__(self, params, *args, fallback=False, **kwargs):
+        torch_class.__init__(self, params, *args, **kwargs)
+        self._gd_setup(fallback, self.defaults.get("differentiable", False))
+
+    cls = type(name, (_GdcoreBackend, torch_class), {
+        "__init__": __init__, "_engine_class": engine_class, "_torch_class": torch_class,
+        "__doc__": doc, "__module__": __name__})
+    return cls
+
+
+def _doc(name):
+    return (f"torch.optim.{name} whose step() runs gdcore's {name} kernel on CPU "
+            "float32/float64 contiguous tensors, zero-copy.\n\n"
+            f"Same constructor as torch.optim.{name}, plus keyword-only ``fallback`` "
+            "(default False): step unsupported params (not CPU, not contiguous, not "
+            "float32/float64, sparse grads) with torch's own implementation instead of "
+            "raising.  See gdcore.torch for what is shared with torch.")
+
+
+SGD = _make("SGD", torch.optim.SGD, _engines.SGD, _doc("SGD"))
+Adagrad = _make("Adagrad", torch.optim.Adagrad, _engines.Adagrad, _doc("Adagrad"))
+RMSprop = _make("RMSprop", torch.optim.RMSprop, _engines.RMSprop, _doc("RMSprop"))
+Adam = _make("Adam", torch.optim.Adam, _engines.Adam, _doc("Adam"))
+AdamW = _make("AdamW", torch.optim.AdamW, _engines.AdamW, _doc("AdamW"))
