@@ -186,6 +186,19 @@ torch_foreach = _torch("foreach")
 torch_fused = _torch("fused")
 
 
+def gdcore_torch(name, config, params, grads):
+    """gdcore.torch.X, the torch.optim subclass, over torch tensors."""
+    if torch is None:
+        raise Unsupported("torch is not installed")
+    import gdcore.torch as gt
+    tensors = [torch.from_numpy(p.copy()).requires_grad_() for p in params]
+    for t, g in zip(tensors, grads):
+        t.grad = torch.from_numpy(g.copy())
+    opt = getattr(gt, name)(tensors, **config)
+    opt.step()
+    return opt.step
+
+
 # --------------------------------------------------------------- DeepSpeed
 def deepspeed_available():
     try:
@@ -221,6 +234,7 @@ def deepspeed_cpu(name, config, params, grads):
 IMPLEMENTATIONS = {
     "gdcore": gdcore_class,
     "gdcore_functional": gdcore_functional,
+    "gdcore_torch": gdcore_torch,
     "numpy_naive": numpy_naive,
     "numpy_inplace": numpy_inplace,
     "torch_forloop": torch_forloop,

@@ -25,9 +25,10 @@ from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, S
                          TRAFFIC)
 from bench.timing import measure
 
-COLUMNS = ["gdcore", "gdcore_functional", "numpy_naive", "numpy_inplace", "torch_forloop",
+COLUMNS = ["gdcore", "gdcore_functional", "gdcore_torch", "numpy_naive", "numpy_inplace", "torch_forloop",
            "torch_foreach", "torch_fused", "deepspeed", "bandwidth_probe"]
-SHORT = {"gdcore": "gdcore", "gdcore_functional": "gd.func", "numpy_naive": "np.naive",
+SHORT = {"gdcore": "gdcore", "gdcore_functional": "gd.func", "gdcore_torch": "gd.torch",
+         "numpy_naive": "np.naive",
          "numpy_inplace": "np.inpl", "torch_forloop": "t.loop", "torch_foreach": "t.foreach",
          "torch_fused": "t.fused", "deepspeed": "deepspeed", "bandwidth_probe": "probe"}
 
@@ -200,6 +201,8 @@ def targets(records, overhead, all_cores):
         ratio(rec, "gdcore", "torch_fused"), 0.15)
     add("Adam float32 1000 x 1,000 tensors: gdcore / DeepSpeed", ratio(rec, "gdcore",
                                                                        "deepspeed"), 0.3)
+    add("Adam float32 1000 x 1,000 tensors, gdcore.torch (torch tensors): / torch fused "
+        "(no target; for reference)", ratio(rec, "gdcore_torch", "torch_fused"), 1.0)
     if overhead:
         add("Adam per-call overhead, class API, 1 element (us)",
             overhead["seconds"]["gdcore"] * 1e6, 1.0)

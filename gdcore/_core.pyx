@@ -1055,3 +1055,22 @@ def stream(params, grads, states, *, int nread, int nwrite):
             gd_stream(GD_FLOAT32, nread, nwrite, b.buffers, b.n32)
         if b.count > b.n32:
             gd_stream(GD_FLOAT64, nread, nwrite, b.buffers + b.n32, b.count - b.n32)
+
+
+def increment_counters(list counters):
+    """Add 1 to each 0-d float32/float64 array of `counters` (the NumPy views
+    of torch's `step` tensors, for gdcore.torch): one call instead of a torch
+    op per tensor."""
+    cdef cnp.ndarray a
+    for obj in counters:
+        if not cnp.PyArray_Check(obj) or cnp.PyArray_SIZE(<cnp.ndarray>obj) != 1:
+            raise TypeError("counters must be 1-element numpy arrays")
+        a = <cnp.ndarray>obj
+        if not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a):
+            raise ValueError("counters must be writable and aligned")
+        if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+            (<float *>cnp.PyArray_DATA(a))[0] += 1
+        elif cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT64:
+            (<double *>cnp.PyArray_DATA(a))[0] += 1
+        else:
+            raise TypeError(f"counter of dtype {a.dtype}")

@@ -123,6 +123,7 @@ class Optimizer:
         self.param_groups = []
         self.state = ParamState()
         self._plan = None
+        self.last_step_created_state = False
         if isinstance(params, (np.ndarray, dict)):
             raise TypeError("params must be an iterable of numpy arrays or of param-group "
                             f"dicts, not a single {type(params).__name__}")
@@ -189,8 +190,10 @@ class Optimizer:
                                 f"{type(grads).__name__}") from None
         plan = self._plan
         if plan is not None and plan.run(grads):
+            self.last_step_created_state = False
             return
         self._plan = None
+        self.last_step_created_state = True     # (or may have: the general path)
         total = sum(len(group["params"]) for group in self.param_groups)
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} grads for {total} params "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from gdcore import _core
 from gdcore import optim as _engines
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
@@ -149,6 +150,7 @@ class _GdcoreBackend:
                     engine.state[view] = self._gd_engine_state(state)
         self._gd_engine = engine
         self._gd_layout_seen = self._gd_layout()
+        self._gd_last_stepped, self._gd_counters = None, []
 
     def _gd_engine_state(self, state):
         out = {}
@@ -174,8 +176,7 @@ class _GdcoreBackend:
         return loss
 
     def _gd_step(self):
-        if self._gd_engine is None or self._gd_layout_seen != self._gd_layout() or any(
-                p.data_ptr() != ptr for p, ptr in zip(self._gd_params, self._gd_ptrs)):
+        if self._gd_engine is None or self._gd_layout_seen != self._gd_layout():
             self._gd_build()
         dynamic_fallback = []
         engine = self._gd_engine
@@ -185,12 +186,20 @@ class _GdcoreBackend:
                     if key != "params":
                         engine_group[key] = group[key]
             grads, stepped = [], []
-            for index, p in enumerate(self._gd_params):
+            for index, (p, ptr) in enumerate(zip(self._gd_params, self._gd_ptrs)):
+                if p.data_ptr() != ptr:                 # p.data was replaced
+                    self._gd_build()
+                    return self._gd_step()
                 g = p.grad
                 if g is None:
                     grads.append(None)
                     continue
-                if g.layout != torch.strided or g.device != p.device or g.dtype != p.dtype:
+                try:                                    # CPU, strided: a zero-copy view
+                    view = g.numpy()
+                except (TypeError, RuntimeError):
+                    view = None if g.is_sparse or g.device.type != "cpu" else \
+                        g.detach().numpy()              # a grad that requires grad
+                if view is None:
                     if not self._gd_fallback:
                         what = ("a sparse grad" if g.is_sparse else
                                 f"a grad of dtype {g.dtype} on {g.device}")
@@ -202,14 +211,17 @@ class _GdcoreBackend:
                     dynamic_fallback.append(p)
                     grads.append(None)
                     continue
-                grads.append(g.detach().numpy())
+                grads.append(view)                      # dtype/shape: the engine checks
                 stepped.append(index)
             engine.step(grads)
-            self._gd_publish(stepped)
+            self._gd_publish(stepped, engine.last_step_created_state)
         self._gd_run_fallback(dynamic_fallback)
 
-    def _gd_publish(self, stepped):
+    def _gd_publish(self, stepped, created):
         """Mirror the engine's new state into torch's and advance `step`."""
+        if not created and stepped == self._gd_last_stepped:
+            _core.increment_counters(self._gd_counters)    # the common case: one call
+            return
         counters = []
         for index in stepped:
             p, view = self._gd_params[index], self._gd_views[index]
@@ -223,10 +235,14 @@ class _GdcoreBackend:
                                                          dtype=_get_scalar_dtype())
                     elif name not in state or state[name] is None:
                         state[name] = torch.from_numpy(value)
-            if "step" in state:
-                counters.append(state["step"])
-        if counters:
-            torch._foreach_add_(counters, 1.0)
+            step = state.get("step")
+            if step is not None:
+                if not (step.device.type == "cpu" and step.dtype in _DTYPES and step.numel() == 1):
+                    step = state["step"] = torch.tensor(float(step.item()),
+                                                        dtype=_get_scalar_dtype())
+                counters.append(step.numpy())
+        _core.increment_counters(counters)
+        self._gd_last_stepped, self._gd_counters = stepped, counters
 
     def _gd_run_fallback(self, dynamic):
         groups = []
