@@ -233,8 +233,12 @@ def plot(records, path):
         ax.set_xlabel("elements")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ns per element")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[names.index("Adam") if "Adam" in names else 0] \
+        .get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+        fig.subplots_adjust(bottom=0.25)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -261,7 +265,7 @@ def main(argv=None):
             np.float32, np.float64]
         many = MANY_TENSOR_CASES
     else:
-        sizes, rounds, batch, names, dtypes = SIZES_QUICK, 5, 0.01, list(OPTIMIZERS), [
+        sizes, rounds, batch, names, dtypes = SIZES_QUICK, 7, 0.012, list(OPTIMIZERS), [
             np.float32, np.float64]
         many = MANY_TENSOR_CASES
 
