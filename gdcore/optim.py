@@ -107,8 +107,8 @@ class ParamState(MutableMapping):
 class Optimizer:
     """Base of gdcore's optimizer classes (the torch.optim.Optimizer shape).
 
-    Subclasses set `_kind` (the kernel family in gdcore._core) and define
-    `_missing_state(state, param, group)`.
+    Subclasses set `_kind` (the kernel family in gdcore._core, which also
+    knows which state buffers a group's options need).
     """
 
     _kind = None
@@ -201,7 +201,7 @@ class Optimizer:
         pending = []                    # (batch, [(param, state, is_new, added)])
         position = 0
         for group in self.param_groups:
-            self._check(group)
+            needed = _core.slots_in_use(self._kind, group)      # also checks the group
             params, group_grads, views, added_list, index, touched = [], [], [], [], [], []
             for p in group["params"]:
                 g = grads[position]
@@ -210,7 +210,8 @@ class Optimizer:
                     is_new = state is None
                     if is_new:
                         state = {"step": 0} if self._counts_steps else {}
-                    added = self._missing_state(state, p, group)
+                    added = {name: _aligned_full(p, self._initial_value(name, group))
+                             for name in needed if name not in state}
                     params.append(p)
                     group_grads.append(g)
                     views.append({**state, **added} if added else state)
@@ -237,10 +238,11 @@ class Optimizer:
             self._plan = _core.Plan.build(self._kind, self.param_groups, self.state._by_id,
                                           self._counts_steps)
 
-    def _missing_state(self, state, param, group):
-        """New state arrays this param needs now (state itself is untouched:
-        step() adds them only once the whole step is known to be valid)."""
-        return {}
+    @staticmethod
+    def _initial_value(name, group):
+        """What a new state buffer starts as (new buffers are added to the
+        state only once the whole step is known to be valid)."""
+        return 0
 
     @staticmethod
     def _step_numbers(states, added):
@@ -374,11 +376,6 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
-    def _missing_state(self, state, param, group):
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
-            return {"momentum_buffer": _aligned_full(param, 0)}
-        return {}
-
     @staticmethod
     def _step_numbers(states, added):
         # torch: the first step sets the momentum buffer to the gradient.
@@ -408,10 +405,9 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
 
-    def _missing_state(self, state, param, group):
-        if "sum" not in state:
-            return {"sum": _aligned_full(param, group["initial_accumulator_value"])}
-        return {}
+    @staticmethod
+    def _initial_value(name, group):
+        return group["initial_accumulator_value"]
 
 
 # ----------------------------------------------------------------- RMSprop
@@ -443,15 +439,6 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered,
                                       maximize=maximize))
 
-    def _missing_state(self, state, param, group):
-        added = {}
-        if "square_avg" not in state:
-            added["square_avg"] = _aligned_full(param, 0)
-        if group["momentum"] > 0 and "momentum_buffer" not in state:
-            added["momentum_buffer"] = _aligned_full(param, 0)
-        if group["centered"] and "grad_avg" not in state:
-            added["grad_avg"] = _aligned_full(param, 0)
-        return added
 
 
 # -------------------------------------------------------------------- Adam
@@ -491,14 +478,6 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
-    def _missing_state(self, state, param, group):
-        added = {}
-        if "exp_avg" not in state:
-            added["exp_avg"] = _aligned_full(param, 0)
-            added["exp_avg_sq"] = _aligned_full(param, 0)
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            added["max_exp_avg_sq"] = _aligned_full(param, 0)
-        return added
 
 
 class AdamW(Adam):
