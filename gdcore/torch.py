@@ -245,6 +245,8 @@ class _GdcoreBackend:
         self._gd_last_stepped, self._gd_counters = stepped, counters
 
     def _gd_run_fallback(self, dynamic):
+        if not dynamic and not any(self._gd_static_fallback):
+            return
         groups = []
         dynamic = set(map(id, dynamic))
         for group, static in zip(self.param_groups, self._gd_static_fallback):

@@ -185,3 +185,12 @@ def test_build_info_reports_the_dispatched_isa():
             assert info["isa"].startswith("x86-64-v4")
         elif "avx2" in flags.split() and "fma" in flags.split():
             assert info["isa"].startswith("x86-64-v3")
+
+
+def test_gdcore_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import gdcore, numpy as np\n"
+            "p = np.ones(3); gdcore.Adam([p]).step([np.ones(3)])\n"
+            "try:\n    import gdcore.torch\nexcept ImportError:\n    print('ok')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip() == "ok", run.stderr
