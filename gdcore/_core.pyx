@@ -810,6 +810,15 @@ cdef _Kind _group_options(str kind, dict g, _Options *o, bint *used) except *:
     raise ValueError(f"unknown optimizer kind {kind!r}")
 
 
+cdef tuple _group_values(dict group, tuple keys):
+    return tuple([group[key] for key in keys])
+
+
+cdef tuple _slots_used(str kind, const bint *used):
+    names = _CLASS_SLOTS[kind]
+    return tuple([names[j][0] for j in range(len(names)) if used[j]])
+
+
 def check_group(str kind, dict group):
     """Check a class's param group hyperparameters (raises ValueError)."""
     cdef _Options o
@@ -822,7 +831,7 @@ def slots_in_use(str kind, dict group):
     cdef _Options o
     cdef bint used[3]
     _group_options(kind, group, &o, used)
-    return tuple(names[0] for s, names in enumerate(_CLASS_SLOTS[kind]) if used[s])
+    return _slots_used(kind, used)
 
 
 def group_batch(str kind, dict group, list params, list grads, list states, object steps,
@@ -833,20 +842,11 @@ def group_batch(str kind, dict group, list params, list grads, list states, obje
     cdef bint used[3]
     cdef _Kind k = _group_options(kind, group, &o, used)
     names = _CLASS_SLOTS[kind]
-    slots = tuple((names[s], [st[names[s][0]] for st in states] if used[s] else None)
-                  for s in range(len(names)))
+    slots = tuple([(names[s], [st[names[s][0]] for st in states] if used[s] else None)
+                   for s in range(len(names))])
     cdef _Batch b = _gather(params, grads, slots, steps, index, False)
     b.kind, b.options = k, o
     return b
-
-
-cdef tuple _group_values(dict group, tuple keys):
-    return tuple([group[key] for key in keys])
-
-
-cdef tuple _slots_used(str kind, const bint *used):
-    names = _CLASS_SLOTS[kind]
-    return tuple([names[j][0] for j in range(len(names)) if used[j]])
 
 
 cdef class Plan:
@@ -893,7 +893,7 @@ cdef class Plan:
     def build(str kind, list param_groups, dict state_by_id, bint counts_steps):
         """A plan for this optimizer, or None when some param lacks state."""
         cdef Plan plan = Plan.__new__(Plan)
-        cdef Py_ssize_t ngroups = len(param_groups), total = 0, g, i, k, s, flat = 0
+        cdef Py_ssize_t ngroups = len(param_groups), total = 0, g, i, k, flat = 0
         cdef Py_ssize_t start = 0, nspans = 0
         cdef bint used[3]
         cdef cnp.ndarray p
@@ -922,7 +922,7 @@ cdef class Plan:
         for g in range(ngroups):
             group = param_groups[g]
             plan.kind_code = _group_options(kind, group, &plan.options[g], used)
-            in_use = tuple(names[s][0] for s in range(len(names)) if used[s])
+            in_use = _slots_used(kind, used)
             params = list(group["params"])
             states = []
             for q in params:
@@ -934,8 +934,8 @@ cdef class Plan:
             plan.group_params.append(group["params"])
             plan.group_values.append(_group_values(group, plan.keys))
             plan.group_slots.append(in_use)
-            slots = tuple((names[s], [st[names[s][0]] for st in states] if used[s] else None)
-                          for s in range(len(names)))
+            slots = tuple([(names[s], [st[names[s][0]] for st in states] if used[s] else None)
+                           for s in range(len(names))])
             index = list(range(flat, flat + len(params)))
             # checks this group's buffers; plan.spans is scratch here
             _gather_written(params, slots, 1, index, False, staged + start, plan.spans)
