@@ -810,8 +810,26 @@ cdef _Kind _group_options(str kind, dict g, _Options *o, bint *used) except *:
     raise ValueError(f"unknown optimizer kind {kind!r}")
 
 
-cdef tuple _group_values(dict group, tuple keys):
-    return tuple([group[key] for key in keys])
+cdef inline bint _immutable_scalar(object v):
+    return type(v) is float or type(v) is int or type(v) is bool
+
+
+cdef object _group_values(dict group, tuple keys):
+    """The group's hyperparameter objects, if all are immutable (Python
+    scalars, tuples of them), so that identity means "unchanged"; else None
+    (a list or a tensor can change in place: such a group is re-read and
+    re-checked at every step)."""
+    values = []
+    for key in keys:
+        v = group[key]
+        if type(v) is tuple:
+            for x in <tuple>v:
+                if not _immutable_scalar(x):
+                    return None
+        elif not _immutable_scalar(v):
+            return None
+        values.append(v)
+    return tuple(values)
 
 
 cdef tuple _slots_used(str kind, const bint *used):
@@ -983,9 +1001,9 @@ cdef class Plan:
             if (lst is not self.group_params[g]
                     or len(lst) != self.group_start[g + 1] - self.group_start[g]):
                 return False
-            values = <tuple>self.group_values[g]
+            values = self.group_values[g]
             for s in range(len(self.keys)):
-                if group.get(self.keys[s]) is not values[s]:
+                if values is None or group.get(self.keys[s]) is not (<tuple>values)[s]:
                     # changed (a schedule): check, and keep it only if it needs
                     # the same state slots
                     _group_options(self.kind, group, &self.options[g], used)

@@ -239,3 +239,20 @@ def test_plan_sees_a_param_list_changed_in_place():
     opt.step([np.ones(3)])
     np.testing.assert_array_equal(a, 0.0)
     np.testing.assert_array_equal(b, 0.5)
+
+
+def test_hyperparameters_changed_in_place_take_effect():
+    """A list-valued betas edited in place is seen by the next step."""
+    def run(edit_in_place):
+        p = np.linspace(-1, 1, 5)
+        opt = gdcore.Adam([p], lr=0.1)
+        opt.param_groups[0]["betas"] = [0.9, 0.999]          # a mutable list
+        for t in range(4):
+            if t == 2:
+                if edit_in_place:
+                    opt.param_groups[0]["betas"][0] = 0.5
+                else:
+                    opt.param_groups[0]["betas"] = [0.5, 0.999]
+            opt.step([np.full(5, 1.0 + t)])
+        return p
+    np.testing.assert_array_equal(run(True), run(False))
