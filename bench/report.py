@@ -25,10 +25,9 @@ from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, S
                          TRAFFIC)
 from bench.timing import measure
 
-COLUMNS = ["gdcore", "gdcore_all_cores", "gdcore_functional", "gdcore_torch", "numpy_naive", "numpy_inplace", "torch_forloop",
+COLUMNS = ["gdcore", "gdcore_functional", "gdcore_torch", "numpy_naive", "numpy_inplace", "torch_forloop",
            "torch_foreach", "torch_fused", "deepspeed", "bandwidth_probe"]
-SHORT = {"gdcore": "gdcore", "gdcore_all_cores": "gd.all", "gdcore_functional": "gd.func",
-         "gdcore_torch": "gd.torch",
+SHORT = {"gdcore": "gdcore", "gdcore_functional": "gd.func", "gdcore_torch": "gd.torch",
          "numpy_naive": "np.naive",
          "numpy_inplace": "np.inpl", "torch_forloop": "t.loop", "torch_foreach": "t.foreach",
          "torch_fused": "t.fused", "deepspeed": "deepspeed", "bandwidth_probe": "probe"}
@@ -80,17 +79,6 @@ def run_case(name, dtype, shapes, threads, implementations, rounds, batch_second
         except impls.Unsupported as why:
             absent[impl] = str(why)
     steps["bandwidth_probe"] = impls.gdcore_stream(name, params, grads)
-    all_cores = os.cpu_count() or 1
-    if threads == 1 and all_cores > 1 and "gdcore" in steps:
-        # gdcore on every core and on one, both switching the thread count
-        # around the call (same overhead), timed in the same rounds, so that
-        # the thread-scaling ratio is taken side by side
-        for label, n in (("gdcore_all_cores", all_cores), ("gdcore_one_core", 1)):
-            def switched(step=impls.gdcore_class(name, config, params, grads), n=n):
-                gdcore.set_num_threads(n)
-                step()
-                gdcore.set_num_threads(1)
-            steps[label] = switched
     seconds = measure(steps, rounds, batch_seconds)
     elements = sum(int(np.prod(s)) for s in shapes)
     reads, writes = TRAFFIC[name]
@@ -195,16 +183,19 @@ def targets(records, overhead, all_cores):
         for name in OPTIMIZERS:
             one = find(records, optimizer=name, dtype="float32", elements=1 << 20, threads=1,
                        tensors=1)
-            if one and "gdcore_all_cores" in one["seconds"]:
+            many = find(records, optimizer=name, dtype="float32", elements=1 << 20,
+                        threads=all_cores, tensors=1)
+            if one and many:
                 add(f"{name} float32 1,048,576: {all_cores}-thread speedup",
-                    one["seconds"]["gdcore_one_core"] / one["seconds"]["gdcore_all_cores"], 1.7,
-                    "ge")
+                    one["seconds"]["gdcore"] / many["seconds"]["gdcore"], 1.7, "ge")
         for size in (4096, 65536):
             one = find(records, optimizer="Adam", dtype="float32", elements=size, threads=1,
                        tensors=1)
-            if one and "gdcore_all_cores" in one["seconds"]:
+            many = find(records, optimizer="Adam", dtype="float32", elements=size,
+                        threads=all_cores, tensors=1)
+            if one and many:
                 add(f"Adam float32 {size:,}: {all_cores}-thread time / 1-thread time",
-                    one["seconds"]["gdcore_all_cores"] / one["seconds"]["gdcore_one_core"], 1.05)
+                    many["seconds"]["gdcore"] / one["seconds"]["gdcore"], 1.05)
     rec = find(records, case="1000x1000", threads=1)
     add("Adam float32 1000 x 1,000 tensors: gdcore / torch fused",
         ratio(rec, "gdcore", "torch_fused"), 0.15)
