@@ -837,6 +837,11 @@ cdef tuple _slots_used(str kind, const bint *used):
     return tuple([names[j][0] for j in range(len(names)) if used[j]])
 
 
+def hyperparameter_names(str kind):
+    """The hyperparameters an optimizer class reads from its param groups."""
+    return _CLASS_KEYS[kind]
+
+
 def check_group(str kind, dict group):
     """Check a class's param group hyperparameters (raises ValueError)."""
     cdef _Options o

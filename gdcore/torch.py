@@ -27,7 +27,6 @@ with the same state.  ``foreach`` and ``fused`` are accepted for
 compatibility and change nothing (gdcore's kernel is always fused);
 ``differentiable=True`` is not supported.
 """
-import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
@@ -114,7 +113,7 @@ class _GdcoreBackend:
     def _gd_build(self):
         """A gdcore engine over NumPy views of the supported params, its state
         views of torch's state tensors."""
-        engine_keys = list(self._engine_class([np.zeros(1)]).defaults)
+        engine_keys = _core.hyperparameter_names(self._engine_class._kind)
         self._gd_pairs = []             # (engine group, torch group)
         self._gd_params = []            # supported params, engine order
         self._gd_views = []
