@@ -235,8 +235,13 @@ class Optimizer:
         for batch, _ in pending:
             batch.run()
         if all(g is not None for g in grads):
-            self._plan = _core.Plan.build(self._kind, self.param_groups, self.state._by_id,
-                                          self._counts_steps)
+            try:
+                self._plan = _core.Plan.build(self._kind, self.param_groups,
+                                              self.state._by_id, self._counts_steps)
+            except (TypeError, ValueError):
+                # state the user replaced by something a plan cannot hold: keep
+                # to the general path, which checks (and reports) it every step
+                self._plan = None
 
     @staticmethod
     def _initial_value(name, group):

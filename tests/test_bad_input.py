@@ -298,3 +298,19 @@ def test_grad_is_the_param_in_functional_api():
     F.sgd(q, q.copy(), lr=0.1)
     np.testing.assert_array_equal(p, q)
     np.testing.assert_allclose(p, 0.9 * np.linspace(-1, 1, 9))
+
+
+def test_state_replaced_by_a_bad_array_is_reported_before_any_change():
+    opt, params = stepped("Adam")
+    opt.state[params[0]]["exp_avg"] = np.zeros(5, f64)          # wrong dtype (param is f32)
+    before = snapshot(opt, params)
+    with pytest.raises(TypeError, match=r"exp_avgs\[0\] has dtype float64"):
+        opt.step(good_grads(params))
+    assert_unchanged(before, opt, params)
+    shared = opt.state[params[2]]["exp_avg_sq"]
+    opt.state[params[0]]["exp_avg"] = np.zeros(5, f32)
+    opt.state[params[2]]["exp_avg"] = shared                    # two state entries, one array
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match="overlap in memory"):
+        opt.step(good_grads(params))
+    assert_unchanged(before, opt, params)
