@@ -150,6 +150,7 @@ class _GdcoreBackend:
         self._gd_engine = engine
         self._gd_layout_seen = self._gd_layout()
         self._gd_last_stepped, self._gd_counters = None, []
+        self._gd_all = list(range(len(self._gd_params)))
 
     def _gd_engine_state(self, state):
         out = {}
@@ -184,41 +185,53 @@ class _GdcoreBackend:
                 for key in engine_group:
                     if key != "params":
                         engine_group[key] = group[key]
-            grads, stepped = [], []
-            for index, (p, ptr) in enumerate(zip(self._gd_params, self._gd_ptrs)):
-                if p.data_ptr() != ptr:                 # p.data was replaced
-                    self._gd_build()
-                    return self._gd_step()
-                g = p.grad
-                if g is None:
-                    grads.append(None)
-                    continue
-                try:                                    # CPU, strided: a zero-copy view
-                    view = g.numpy()
-                except (TypeError, RuntimeError):
-                    view = None if g.is_sparse or g.device.type != "cpu" else \
-                        g.detach().numpy()              # a grad that requires grad
-                if view is None:
-                    if not self._gd_fallback:
-                        what = ("a sparse grad" if g.is_sparse else
-                                f"a grad of dtype {g.dtype} on {g.device}")
-                        flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
-                        raise RuntimeError(
-                            f"gdcore.torch.{type(self).__name__}: "
-                            f"{self._gd_label(flat)} has {what}; "
-                            "pass fallback=True to step it with torch's own implementation")
-                    dynamic_fallback.append(p)
-                    grads.append(None)
-                    continue
-                grads.append(view)                      # dtype/shape: the engine checks
-                stepped.append(index)
-            engine.step(grads)
+            params = self._gd_params
+            if [p.data_ptr() for p in params] != self._gd_ptrs:     # p.data was replaced
+                self._gd_build()
+                return self._gd_step()
+            try:        # the common case: every param has a dense CPU grad
+                grads = [p.grad.numpy() for p in params]
+                stepped = self._gd_all
+            except (AttributeError, TypeError, RuntimeError, NotImplementedError):
+                grads, stepped = self._gd_collect(dynamic_fallback)
+            engine.step(grads)                          # dtype/shape: the engine checks
             self._gd_publish(stepped, engine.last_step_created_state)
         self._gd_run_fallback(dynamic_fallback)
 
+    def _gd_collect(self, dynamic_fallback):
+        """Grads (NumPy views, None to skip) and the indices stepped, one
+        param at a time: missing grads, grads that require grad, sparse or
+        non-CPU grads (an error, or torch's step with fallback=True)."""
+        grads, stepped = [], []
+        for index, p in enumerate(self._gd_params):
+            g = p.grad
+            if g is None:
+                grads.append(None)
+                continue
+            try:                                    # CPU, strided: a zero-copy view
+                view = g.numpy()
+            except (TypeError, RuntimeError):
+                view = None if g.is_sparse or g.device.type != "cpu" else \
+                    g.detach().numpy()              # a grad that requires grad
+            if view is None:
+                if not self._gd_fallback:
+                    what = ("a sparse grad" if g.is_sparse else
+                            f"a grad of dtype {g.dtype} on {g.device}")
+                    flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
+                    raise RuntimeError(
+                        f"gdcore.torch.{type(self).__name__}: "
+                        f"{self._gd_label(flat)} has {what}; "
+                        "pass fallback=True to step it with torch's own implementation")
+                dynamic_fallback.append(p)
+                grads.append(None)
+                continue
+            grads.append(view)
+            stepped.append(index)
+        return grads, stepped
+
     def _gd_publish(self, stepped, created):
         """Mirror the engine's new state into torch's and advance `step`."""
-        if not created and stepped == self._gd_last_stepped:
+        if not created and (stepped is self._gd_last_stepped or stepped == self._gd_last_stepped):
             _core.increment_counters(self._gd_counters)    # the common case: one call
             return
         counters = []
