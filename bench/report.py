@@ -265,7 +265,7 @@ def main(argv=None):
             np.float32, np.float64]
         many = MANY_TENSOR_CASES
     else:
-        sizes, rounds, batch, names, dtypes = SIZES_QUICK, 7, 0.012, list(OPTIMIZERS), [
+        sizes, rounds, batch, names, dtypes = SIZES_QUICK, 9, 0.012, list(OPTIMIZERS), [
             np.float32, np.float64]
         many = MANY_TENSOR_CASES
 
