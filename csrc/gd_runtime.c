@@ -11,6 +11,11 @@
  * that no two threads write the same cache line.  Every element is computed
  * by the same scalar expression on every path (kernels are compiled with
  * -ffp-contract=off), so results are bitwise identical for any thread count.
+ *
+ * GNU OpenMP cannot be used in a child process forked after its thread pool
+ * started (the first parallel region in the child waits forever for threads
+ * that were not forked).  A pthread_atfork handler therefore pins a forked
+ * child to one thread, for good: set_num_threads has no effect there.
  */
 #include "gd_internal.h"
 
@@ -20,15 +25,33 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_OPENMP) && defined(__unix__)
+#include <pthread.h>
+#define GD_FORK_GUARD 1
+#endif
 
 /* A thread needs at least this many elements to be worth waking. */
 #define GD_MIN_ELEMENTS_PER_THREAD 32768
 
 static int gd_num_threads = 0; /* 0: not set yet, use the OpenMP default */
+static int gd_forked_child = 0;
+
+#ifdef GD_FORK_GUARD
+static void gd_after_fork_in_child(void)
+{
+    gd_forked_child = 1;
+    gd_num_threads = 1;
+}
+
+__attribute__((constructor)) static void gd_register_fork_guard(void)
+{
+    pthread_atfork(NULL, NULL, gd_after_fork_in_child);
+}
+#endif
 
 void gd_set_num_threads(int n)
 {
-    gd_num_threads = n < 1 ? 1 : n;
+    gd_num_threads = gd_forked_child || n < 1 ? 1 : n;
 }
 
 int gd_get_num_threads(void)

@@ -194,3 +194,28 @@ def test_gdcore_imports_without_torch():
             "try:\n    import gdcore.torch\nexcept ImportError:\n    print('ok')\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout.strip() == "ok", run.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_steps_on_one_thread_instead_of_hanging(threads):
+    """GNU OpenMP hangs in a child forked after its pool started; gdcore pins
+    such a child to one thread (and the parent keeps its threads)."""
+    threads(2)
+    p = np.ones(1 << 18, np.float32)
+    gdcore.Adam([p]).step([np.ones_like(p)])               # the pool is running
+    code = (
+        "import os, signal, sys, numpy as np, gdcore\n"
+        "gdcore.set_num_threads(2)\n"
+        "p = np.ones(1 << 18, np.float32); gdcore.Adam([p]).step([np.ones_like(p)])\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(30)\n"
+        "    gdcore.set_num_threads(2)\n"
+        "    q = np.ones(1 << 18, np.float32); o = gdcore.Adam([q])\n"
+        "    o.step([np.ones_like(q)]); o.step([np.ones_like(q)])\n"
+        "    os._exit(0 if gdcore.get_num_threads() == 1 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), gdcore.get_num_threads())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.split() == ["0", str(gdcore.get_num_threads())], run.stderr
