@@ -23,7 +23,7 @@ import gdcore
 from bench import impls
 from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, SIZES_QUICK,
                          TRAFFIC)
-from bench.timing import measure
+from bench.timing import measure, paired_ratio
 
 COLUMNS = ["gdcore", "gdcore_functional", "gdcore_torch", "numpy_naive", "numpy_inplace", "torch_forloop",
            "torch_foreach", "torch_fused", "deepspeed", "bandwidth_probe"]
@@ -79,12 +79,14 @@ def run_case(name, dtype, shapes, threads, implementations, rounds, batch_second
         except impls.Unsupported as why:
             absent[impl] = str(why)
     steps["bandwidth_probe"] = impls.gdcore_stream(name, params, grads)
-    seconds = measure(steps, rounds, batch_seconds)
+    samples = {}
+    seconds = measure(steps, rounds, batch_seconds, samples)
     elements = sum(int(np.prod(s)) for s in shapes)
     reads, writes = TRAFFIC[name]
     return {
         "optimizer": name, "dtype": np.dtype(dtype).name, "elements": elements,
         "tensors": len(shapes), "threads": threads, "seconds": seconds, "absent": absent,
+        "samples": samples,
         "bytes_per_element": (reads + writes) * np.dtype(dtype).itemsize,
     }
 
@@ -148,9 +150,10 @@ def targets(records, overhead, all_cores):
         out.append((label, value, limit, "PASS" if ok else "MISS"))
 
     def ratio(rec, a, b):
+        """gdcore / peer, paired round by round (see bench.timing)."""
         if rec is None or a not in rec["seconds"] or b not in rec["seconds"]:
             return None
-        return rec["seconds"][a] / rec["seconds"][b]
+        return paired_ratio(rec["samples"], a, b)
 
     for dtype in ("float32", "float64"):
         small = find(records, optimizer="Adam", dtype=dtype, elements=4096, threads=1,
@@ -172,10 +175,10 @@ def targets(records, overhead, all_cores):
                        tensors=1)
             if rec is None:
                 continue
-            best = min((rec["seconds"][k] for k in impls.TORCH if k in rec["seconds"]),
-                       default=None)
-            add(f"{name} {dtype} 1,048,576: gdcore / best torch",
-                rec["seconds"]["gdcore"] / best if best else None, 0.6)
+            best = min((k for k in impls.TORCH if k in rec["seconds"]),
+                       key=lambda k: rec["seconds"][k], default=None)
+            add(f"{name} {dtype} 1,048,576: gdcore / best torch ({best})",
+                ratio(rec, "gdcore", best) if best else None, 0.6)
             if name == "RMSprop":
                 add(f"RMSprop {dtype} 1,048,576: gdcore / torch foreach",
                     ratio(rec, "gdcore", "torch_foreach"), 0.25)
@@ -335,7 +338,8 @@ def main(argv=None):
              "| implementation | us per call |", "|---|---|"]
     for impl, sec in overhead["seconds"].items():
         lines.append(f"| {SHORT.get(impl, impl)} | {sec * 1e6:.2f} |")
-    lines += ["", "### Targets (ratio = gdcore time / peer time, same run)", "",
+    lines += ["", "### Targets (ratio = gdcore time / peer time, same run; median over rounds "
+              "of the ratio within each round)", "",
               "| target | measured | limit | result |", "|---|---|---|---|"]
     for label, value, limit, verdict in checks:
         lines.append(f"| {label} | {'-' if value is None else f'{value:.3f}'} | {limit} | "

@@ -14,8 +14,10 @@ def calibrate(step, target_seconds):
     return max(1, min(10_000, int(target_seconds / once)))
 
 
-def measure(steps, rounds, batch_seconds):
-    """steps: {name: callable}.  Returns {name: median seconds per call}."""
+def measure(steps, rounds, batch_seconds, samples_out=None):
+    """steps: {name: callable}.  Returns {name: median seconds per call};
+    samples_out, if given, receives {name: [seconds per call, one per
+    round]} (round r of every implementation was taken back to back)."""
     batches = {name: calibrate(step, batch_seconds) for name, step in steps.items()}
     samples = {name: [] for name in steps}
     for _ in range(rounds):
@@ -25,4 +27,12 @@ def measure(steps, rounds, batch_seconds):
             for _ in range(k):
                 step()
             samples[name].append((time.perf_counter() - start) / k)
+    if samples_out is not None:
+        samples_out.update(samples)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired_ratio(samples, a, b):
+    """Median over rounds of a's time / b's time in the same round: machine
+    slowdowns that last a round hit both sides and cancel."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
