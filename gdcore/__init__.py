@@ -17,8 +17,18 @@ __version__ = "0.1.0"
 
 
 def _threads_from_environment():
+    """GDCORE_NUM_THREADS, else OMP_NUM_THREADS as OpenMP reads it, else the
+    CPUs this process may run on; fixed at import, so that a shared OpenMP
+    runtime's setting (torch.set_num_threads) does not leak into gdcore."""
     value = _os.environ.get("GDCORE_NUM_THREADS", "").strip()
     if not value:
+        if "OMP_NUM_THREADS" in _os.environ:
+            set_num_threads(get_num_threads())
+        elif build_info()["openmp"]:
+            try:
+                set_num_threads(len(_os.sched_getaffinity(0)))
+            except AttributeError:                  # not on Linux
+                set_num_threads(_os.cpu_count() or 1)
         return
     try:
         n = int(value)

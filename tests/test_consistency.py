@@ -219,3 +219,21 @@ def test_forked_child_steps_on_one_thread_instead_of_hanging(threads):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert run.stdout.split() == ["0", str(gdcore.get_num_threads())], run.stderr
+
+
+@pytest.mark.parametrize("env,expect", [({}, "cpus"), ({"OMP_NUM_THREADS": "1"}, "1"),
+                                        ({"GDCORE_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, "1")])
+def test_default_thread_count_is_fixed_at_import(env, expect):
+    """torch.set_num_threads before `import gdcore` does not change gdcore's
+    default, which comes from GDCORE_NUM_THREADS, OMP_NUM_THREADS or the CPUs."""
+    pytest.importorskip("torch")
+    if not gdcore.build_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("GDCORE_NUM_THREADS", "OMP_NUM_THREADS")}
+    code = ("import os, torch; torch.set_num_threads(1)\n"
+            "import gdcore; print(gdcore.get_num_threads(), len(os.sched_getaffinity(0)))")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(base, **env),
+                         capture_output=True, text=True)
+    got, cpus = run.stdout.split()
+    assert got == (cpus if expect == "cpus" else expect), run.stderr
