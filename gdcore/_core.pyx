@@ -193,6 +193,11 @@ cdef cnp.ndarray _check_written(object obj, tuple names, Py_ssize_t i, object in
     return a
 
 
+def check_param(obj, str label):
+    """Raise as a step would if `obj` cannot be a param (named `label`)."""
+    _check_written(obj, (label, label), 0, None, True, None)
+
+
 cdef cnp.ndarray _check_grad(object obj, Py_ssize_t i, object index, bint single,
                              cnp.ndarray param, list keep):
     """A gradient: any array-like of exactly the param's dtype and shape."""

@@ -51,22 +51,6 @@ def _aligned_copy(value, like, name):
     return out
 
 
-def _check_param(p, label):
-    if not isinstance(p, np.ndarray):
-        raise TypeError(f"{label} must be a numpy.ndarray of float32 or float64, "
-                        f"not {type(p).__name__}")
-    if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
-        raise TypeError(f"{label} has dtype {p.dtype}; gdcore updates float32 and float64 "
-                        "arrays in native byte order")
-    if not p.flags.c_contiguous:
-        raise ValueError(f"{label} is not C-contiguous; gdcore updates contiguous buffers "
-                         "in place")
-    if not p.flags.aligned:
-        raise ValueError(f"{label} is not aligned to its dtype")
-    if not p.flags.writeable:
-        raise ValueError(f"{label} is read-only")
-
-
 class ParamState(MutableMapping):
     """Per-param state: a mapping from param array (by identity) to a dict of
     torch-named entries, e.g. ``opt.state[w]["exp_avg"]``."""
@@ -161,7 +145,7 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         existing = self._all_params()
         for k, p in enumerate(params):
-            _check_param(p, f"params[{len(existing) + k}]")
+            _core.check_param(p, f"params[{len(existing) + k}]")
         for name, default in self.defaults.items():
             group.setdefault(name, default)
         unknown = set(group) - set(self.defaults) - {"params"}
