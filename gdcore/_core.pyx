@@ -880,14 +880,15 @@ def group_batch(str kind, dict group, list params, list grads, list states, obje
 cdef class Plan:
     """The kernel calls of an optimizer whose params and state are settled.
 
-    Built after a step in which every param had a grad; then each step()
-    checks the grads (with the same checks as every call), reads and checks
-    the hyperparameters of every group, advances the step counters and calls
+    Built once every param has state; then each step() checks the grads
+    (with the same checks as every call), reads and checks the
+    hyperparameters of every group, advances the step counters of the params
+    it steps (a None grad skips its param, as in the general path) and calls
     C, with no Python-level loop over params.  `run` returns False, having
     changed nothing, whenever something the plan depends on has changed (a
-    grad is None; a group's params, or an option that selects state; a state
-    dict or state array was replaced; a param's data or flags), and the
-    caller then takes the general path, which builds a new plan.
+    group's params, or an option that selects state; a state dict or state
+    array was replaced; a param's data or flags), and the caller then takes
+    the general path, which builds a new plan.
     """
     cdef str kind
     cdef _Kind kind_code
@@ -903,6 +904,7 @@ cdef class Plan:
     cdef Py_ssize_t *group_n32      # float32 buffers come first in each group
     cdef Py_ssize_t *position       # buffers[k] is grads[position[k]]
     cdef Py_ssize_t *member         # ... and group["params"][member[k]]
+    cdef int64_t *sizes             # element count of buffers[k]
     cdef _Options *options
     cdef gd_buffer *buffers
     cdef _Span *spans               # every written buffer, sorted
@@ -913,6 +915,7 @@ cdef class Plan:
         free(self.group_n32)
         free(self.position)
         free(self.member)
+        free(self.sizes)
         free(self.options)
         free(self.buffers)
         free(self.spans)
@@ -941,9 +944,10 @@ cdef class Plan:
         plan.position = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
         plan.member = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
         plan.spans = <_Span *>malloc((4 * total + 1) * sizeof(_Span))
+        plan.sizes = <int64_t *>malloc((total + 1) * sizeof(int64_t))
         if (plan.group_start == NULL or plan.group_n32 == NULL or plan.options == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
-                plan.spans == NULL):
+                plan.spans == NULL or plan.sizes == NULL):
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
         names = _CLASS_SLOTS[kind]
@@ -972,6 +976,7 @@ cdef class Plan:
                                            plan.member + start)
             for k in range(start, start + len(params)):
                 i = plan.member[k]
+                plan.sizes[k] = plan.buffers[k].n
                 plan.position[k] = flat + i
                 plan.params.append(params[i])
                 plan.states.append(states[i])
@@ -1023,7 +1028,7 @@ cdef class Plan:
                     break
             for k in range(self.group_start[g], self.group_start[g + 1]):
                 p = <cnp.ndarray>self.params[k]
-                if lst[self.member[k]] is not p or grads[self.position[k]] is None:
+                if lst[self.member[k]] is not p:
                     return False
                 st = <dict>self.states[k]
                 if self.state_by_id.get(self.ids[k]) is not self.entries[k]:
@@ -1037,9 +1042,14 @@ cdef class Plan:
                         or not cnp.PyArray_ISWRITEABLE(p)):
                     return False
         for k in range(n):
-            _gather_grad(grads[self.position[k]], self.position[k], None, False,
-                         <cnp.ndarray>self.params[k], &self.buffers[k], self.spans,
-                         self.nspans, keep)
+            grad = grads[self.position[k]]
+            if grad is None:                    # skipped this step: no elements
+                self.buffers[k].n = 0
+                self.buffers[k].step = 0
+                continue
+            self.buffers[k].n = self.sizes[k]
+            _gather_grad(grad, self.position[k], None, False, <cnp.ndarray>self.params[k],
+                         &self.buffers[k], self.spans, self.nspans, keep)
             if self.counts_steps:
                 self.buffers[k].step = (<dict>self.states[k])["step"] + 1
             else:
@@ -1047,7 +1057,8 @@ cdef class Plan:
         # All checked: commit the step counters, then run.
         if self.counts_steps:
             for k in range(n):
-                (<dict>self.states[k])["step"] = self.buffers[k].step
+                if self.buffers[k].step > 0:
+                    (<dict>self.states[k])["step"] = self.buffers[k].step
         with nogil:
             for g in range(self.ngroups):
                 k = self.group_start[g]

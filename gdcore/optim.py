@@ -218,7 +218,7 @@ class Optimizer:
                     state["step"] += 1
         for batch, _ in pending:
             batch.run()
-        if all(g is not None for g in grads):
+        if len(self.state) == total:                # every param has state
             try:
                 self._plan = _core.Plan.build(self._kind, self.param_groups,
                                               self.state._by_id, self._counts_steps)

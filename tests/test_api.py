@@ -256,3 +256,21 @@ def test_hyperparameters_changed_in_place_take_effect():
             opt.step([np.full(5, 1.0 + t)])
         return p
     np.testing.assert_array_equal(run(True), run(False))
+
+
+def test_plan_keeps_serving_steps_that_skip_params():
+    """Frozen params (grad None) do not push every step onto the general path,
+    and a skipped param's state and step counter stay as they were."""
+    a, b = np.ones(4), np.ones(3)
+    opt = gdcore.Adam([a, b], lr=0.1)
+    opt.step([np.ones(4), np.ones(3)])
+    plan = opt._plan
+    assert plan is not None
+    b_before = b.copy()
+    opt.step([np.ones(4), None])
+    assert opt._plan is plan                       # served by the same plan
+    np.testing.assert_array_equal(b, b_before)
+    assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 1
+    opt.step([None, np.ones(3)])
+    assert opt._plan is plan
+    assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 2
