@@ -196,3 +196,33 @@ def test_fallback_steps_unsupported_params_with_torch(name):
     assert_close(params[0].detach().numpy(), ref[0].detach().double().numpy(), np.float32)
     assert torch.equal(params[1].detach(), ref[1].detach())
     assert set(ours.state[params[1]]) == set(theirs.state[ref[1]])
+
+
+def test_hooks_run_as_torchs_wrapper_runs_them():
+    """Global and per-optimizer pre/post hooks, in torch's order; a pre-hook
+    may replace the step's arguments; a profiler still sees the step."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.ones(3)
+    opt = gt.SGD([w], lr=0.5)
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+    try:
+        opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+        opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+
+        def closure():
+            calls.append("closure")
+            return torch.tensor(7.0)
+        opt.register_step_pre_hook(lambda o, a, k: ((o, closure), {}))
+        with torch.profiler.profile() as prof:
+            loss = opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == ["global pre", "pre", "closure", "post", "global post"]
+    assert loss.item() == 7.0
+    assert any("Optimizer.step#SGD.step" in e.name for e in prof.events())
+    np.testing.assert_allclose(w.detach().numpy(), 0.5)
