@@ -135,14 +135,6 @@ cdef void _run(_Kind kind, const _Options *o, const gd_buffer *buffers, Py_ssize
         gd_adam(dtype, &o.adam, buffers, count)
 
 
-cdef object _finish(_Batch b, bint defer):
-    """Run the batch now, or hand it back for the caller to run later."""
-    if defer:
-        return b
-    b.run()
-    return None
-
-
 cdef str _label(tuple names, Py_ssize_t i, object index, bint single):
     if single:
         return names[0]
@@ -434,7 +426,7 @@ cdef int _sgd_options(_Options *o, double lr, double momentum, double dampening,
 
 cdef _sgd(list params, list grads, list momentum_buffers, object steps, double lr,
           double momentum, double dampening, double weight_decay, bint nesterov,
-          bint maximize, object index, bint single, bint defer=False):
+          bint maximize, object index, bint single):
     cdef _Options o
     _sgd_options(&o, lr, momentum, dampening, weight_decay, nesterov, maximize)
     if momentum != 0:
@@ -452,7 +444,7 @@ cdef _sgd(list params, list grads, list momentum_buffers, object steps, double l
     cdef _Batch b = _gather(params, grads, ((_MOMENTUM_BUFFER, momentum_buffers),),
                             steps, index, single)
     b.kind, b.options = _SGD, o
-    return _finish(b, defer)
+    b.run()
 
 
 def sgd(param, grad, momentum_buffer=None, *, step=None, lr=1e-3, momentum=0.0,
@@ -483,7 +475,7 @@ def sgd(param, grad, momentum_buffer=None, *, step=None, lr=1e-3, momentum=0.0,
 
 def sgd_multi(params, grads, momentum_buffers=None, *, steps=None, lr=1e-3,
               momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-              maximize=False, _index=None, _defer=False):
+              maximize=False):
     """`sgd` over many buffers in one C call (GIL released once).
 
     ``steps`` is an int, or one int per buffer.  Bitwise equal to calling
@@ -492,7 +484,7 @@ def sgd_multi(params, grads, momentum_buffers=None, *, steps=None, lr=1e-3,
     return _sgd(_as_list(params, "params"), _as_list(grads, "grads"),
          _optional_list(momentum_buffers, "momentum_buffers"), steps,
          _real(lr, "lr"), _real(momentum, "momentum"), _real(dampening, "dampening"),
-         _real(weight_decay, "weight_decay"), nesterov, maximize, _index, False, _defer)
+         _real(weight_decay, "weight_decay"), nesterov, maximize, None, False)
 
 
 # -------------------------------------------------------------- Adagrad
@@ -524,7 +516,7 @@ cdef int _adagrad_options(_Options *o, double lr, double lr_decay, double weight
 
 cdef _adagrad(list params, list grads, list sums, object steps, double lr,
               double lr_decay, double weight_decay, double eps, bint maximize,
-              object index, bint single, bint defer=False):
+              object index, bint single):
     cdef _Options o
     _adagrad_options(&o, lr, lr_decay, weight_decay, 0.0, eps, maximize)
     if steps is None:
@@ -533,7 +525,7 @@ cdef _adagrad(list params, list grads, list sums, object steps, double lr,
         raise ValueError(f"adagrad needs {_SUM[0 if single else 1]}")
     cdef _Batch b = _gather(params, grads, ((_SUM, sums),), steps, index, single)
     b.kind, b.options = _ADAGRAD, o
-    return _finish(b, defer)
+    b.run()
 
 
 def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
@@ -554,11 +546,11 @@ def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
 
 
 def adagrad_multi(params, grads, sums, *, steps, lr=1e-2, lr_decay=0.0,
-                  weight_decay=0.0, eps=1e-10, maximize=False, _index=None, _defer=False):
+                  weight_decay=0.0, eps=1e-10, maximize=False):
     """`adagrad` over many buffers in one C call (GIL released once)."""
     return _adagrad(_as_list(params, "params"), _as_list(grads, "grads"), _as_list(sums, "sums"),
              steps, _real(lr, "lr"), _real(lr_decay, "lr_decay"),
-             _real(weight_decay, "weight_decay"), _real(eps, "eps"), maximize, _index, False, _defer)
+             _real(weight_decay, "weight_decay"), _real(eps, "eps"), maximize, None, False)
 
 
 # -------------------------------------------------------------- RMSprop
@@ -590,7 +582,7 @@ cdef int _rmsprop_options(_Options *o, double lr, double alpha, double eps,
 cdef _rmsprop(list params, list grads, list square_avgs, list momentum_buffers,
               list grad_avgs, object steps, double lr, double alpha, double eps,
               double weight_decay, double momentum, bint centered, bint maximize,
-              object index, bint single, bint defer=False):
+              object index, bint single):
     cdef _Options o
     _rmsprop_options(&o, lr, alpha, eps, weight_decay, momentum, centered, maximize)
     cdef int w = 0 if single else 1
@@ -606,7 +598,7 @@ cdef _rmsprop(list params, list grads, list square_avgs, list momentum_buffers,
                              (_GRAD_AVG, grad_avgs)),
                             1 if steps is None else steps, index, single)
     b.kind, b.options = _RMSPROP, o
-    return _finish(b, defer)
+    b.run()
 
 
 def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2,
@@ -635,14 +627,14 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=
 
 def rmsprop_multi(params, grads, square_avgs, momentum_buffers=None, grad_avgs=None, *,
                   lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                  centered=False, maximize=False, _index=None, _defer=False):
+                  centered=False, maximize=False):
     """`rmsprop` over many buffers in one C call (GIL released once)."""
     return _rmsprop(_as_list(params, "params"), _as_list(grads, "grads"),
              _as_list(square_avgs, "square_avgs"),
              _optional_list(momentum_buffers, "momentum_buffers"),
              _optional_list(grad_avgs, "grad_avgs"), None, _real(lr, "lr"),
              _real(alpha, "alpha"), _real(eps, "eps"), _real(weight_decay, "weight_decay"),
-             _real(momentum, "momentum"), centered, maximize, _index, False, _defer)
+             _real(momentum, "momentum"), centered, maximize, None, False)
 
 
 # ----------------------------------------------------------------- Adam
@@ -678,7 +670,7 @@ cdef int _adam_options(_Options *o, double lr, object betas, double eps, double 
 cdef _adam(list params, list grads, list exp_avgs, list exp_avg_sqs, list max_exp_avg_sqs,
            object steps, double lr, object betas, double eps, double weight_decay,
            bint amsgrad, bint maximize, bint decoupled_weight_decay, object index,
-           bint single, bint defer=False):
+           bint single):
     cdef _Options o
     _adam_options(&o, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
     cdef int w = 0 if single else 1
@@ -693,7 +685,7 @@ cdef _adam(list params, list grads, list exp_avgs, list exp_avg_sqs, list max_ex
                              (_MAX_EXP_AVG_SQ, max_exp_avg_sqs)),
                             steps, index, single)
     b.kind, b.options = _ADAM, o
-    return _finish(b, defer)
+    b.run()
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -729,13 +721,13 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
 
 def adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, steps,
                lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-               maximize=False, decoupled_weight_decay=False, _index=None, _defer=False):
+               maximize=False, decoupled_weight_decay=False):
     """`adam` over many buffers in one C call (GIL released once)."""
     return _adam(_as_list(params, "params"), _as_list(grads, "grads"),
           _as_list(exp_avgs, "exp_avgs"), _as_list(exp_avg_sqs, "exp_avg_sqs"),
           _optional_list(max_exp_avg_sqs, "max_exp_avg_sqs"), steps, _real(lr, "lr"),
           betas, _real(eps, "eps"), _real(weight_decay, "weight_decay"), amsgrad, maximize,
-          decoupled_weight_decay, _index, False, _defer)
+          decoupled_weight_decay, None, False)
 
 
 def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -753,13 +745,13 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-
 
 def adamw_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, steps,
                 lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                maximize=False, _index=None, _defer=False):
+                maximize=False):
     """`adamw` over many buffers in one C call (GIL released once)."""
     return _adam(_as_list(params, "params"), _as_list(grads, "grads"),
           _as_list(exp_avgs, "exp_avgs"), _as_list(exp_avg_sqs, "exp_avg_sqs"),
           _optional_list(max_exp_avg_sqs, "max_exp_avg_sqs"), steps, _real(lr, "lr"),
           betas, _real(eps, "eps"), _real(weight_decay, "weight_decay"), amsgrad, maximize,
-          True, _index, False, _defer)
+          True, None, False)
 
 
 # -------------------------------------------- the optimizer classes' path
