@@ -70,7 +70,7 @@ def run_case(name, dtype, shapes, threads, implementations, rounds, batch_second
     impls.set_threads(threads)
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
-    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [impls.aligned_copy(rng.standard_normal(s).astype(dtype)) for s in shapes]
     config = OPTIMIZERS[name]
     steps, absent = {}, {}
     for impl in implementations:

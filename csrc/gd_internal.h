@@ -1,12 +1,13 @@
 /*
  * gd_internal.h: what the kernel file and the runtime share, not exported.
  *
- * GD_CLONES marks a loop for runtime instruction-set dispatch.  On x86-64
- * with GCC >= 12 or Clang >= 14 (ELF, ifunc) it compiles the function three
- * times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline,
- * and the dynamic loader binds the best one the CPU supports.  Elsewhere it
- * is empty and the compiler's own target is used.  gd_isa_selected() in
- * gd_runtime.c mirrors the same order.
+ * GD_HAVE_X86_DISPATCH: on x86-64 with GCC >= 12 or Clang >= 14 the
+ * optimizer kernels are built for x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA)
+ * and the baseline, and gd_isa_level() picks one per process.  Elsewhere
+ * only the compiler's own target is built.
+ *
+ * GD_CLONES marks a simple loop (the bandwidth probe) for the same dispatch
+ * done by the dynamic loader (target_clones, ifunc); empty elsewhere.
  */
 #ifndef GD_INTERNAL_H
 #define GD_INTERNAL_H
@@ -16,11 +17,11 @@
 #if defined(__x86_64__) && defined(__ELF__) && !defined(GD_NO_CLONES) && \
     ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12) ||      \
      (defined(__clang__) && __clang_major__ >= 14))
-#define GD_HAVE_CLONES 1
+#define GD_HAVE_X86_DISPATCH 1
 #define GD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define GD_HAVE_CLONES 0
+#define GD_HAVE_X86_DISPATCH 0
 #define GD_CLONES
 #endif
 
@@ -36,6 +37,14 @@ typedef void (*gd_span_fn)(const void *options, const gd_buffer *buffer,
  * threshold, else split evenly over the threads by total element count. */
 void gd_run(gd_span_fn span, const void *options, const gd_buffer *buffers,
             int64_t count);
+
+/* Instruction set of the optimizer kernels in this process. */
+enum { GD_ISA_BASELINE = 0, GD_ISA_X86_64_V3 = 1, GD_ISA_X86_64_V4 = 2 };
+
+/* The best level the CPU supports, or the lower one the environment
+ * variable GDCORE_ISA names ("x86-64-v4", "x86-64-v3", "baseline"), read
+ * once when the library loads. */
+int gd_isa_level(void);
 
 /* base^step, exactly pow(base, step), memoised per thread for the last few
  * (base, step) pairs (bias corrections of a batch at one step). */

@@ -1,41 +1,163 @@
 /*
- * gd_kernels.c: instantiates gd_optimizers.inc for float32 and float64 and
- * exports the dtype-dispatching entry points declared in gdcore.h.
+ * gd_kernels.c: instantiates gd_optimizers.inc for each element type and
+ * instruction set, and exports the entry points declared in gdcore.h.
+ *
+ * Design note.  On x86-64 with GCC >= 12 or Clang >= 14 every kernel exists
+ * three times per element type (GD_ISA_* in gd_internal.h):
+ *   - x86-64-v4: explicit 64-byte packs (gd_avx512.h), masked tails, and the
+ *     square roots split between the sqrt unit and the FMA units;
+ *   - x86-64-v3 and baseline: the same body with one element per pack,
+ *     auto-vectorised by GCC for AVX2+FMA and for SSE2 respectively.
+ * gd_isa_level() (gd_runtime.c) picks one per process from the CPU, or
+ * lower when GDCORE_ISA asks.  Elsewhere only the baseline build exists.
  * Compiled with -O3 -fno-math-errno (sqrt vectorises) and -ffp-contract=off
- * (no FMA contraction, so every code path of a loop rounds alike and results
- * are bitwise independent of thread count and instruction set).
+ * (no FMA contraction: a given element is computed by the same roundings on
+ * every path of an instruction set, so results are bitwise independent of the
+ * thread count; across instruction sets they agree within the Newton root's
+ * one ulp).
  */
 #include "gd_internal.h"
 
 #include <math.h>
 #include <stddef.h>
 
+/* ------------------------------------- one element per pack (scalar body) */
+#define V T
+#define GD_W 1
+#define GD_MASK_T int
+#define GD_FULL 1
+#define GD_TAIL_MASK(k) 1
+#define GD_LOAD(ptr, mask) (*(ptr))
+#define GD_STORE(ptr, value, mask) (*(ptr) = (value))
+#define GD_MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
+#define GD_SQRT_FAST(x) GD_SQRT(x)
+#define GD_SPLIT_SQRT 0
+
 #define T float
-#define GD_NAME(x) x##_f32
-#define GD_SQRT sqrtf
+#define GD_SQRT(x) sqrtf(x)
+#define GD_TARGET
+#define GD_NAME(x) x##_f32_base
 #include "gd_optimizers.inc"
-#undef T
 #undef GD_NAME
+#undef GD_TARGET
+#if GD_HAVE_X86_DISPATCH
+#define GD_TARGET __attribute__((target("arch=x86-64-v3")))
+#define GD_NAME(x) x##_f32_v3
+#include "gd_optimizers.inc"
+#undef GD_NAME
+#undef GD_TARGET
+#endif
+#undef T
 #undef GD_SQRT
 
 #define T double
-#define GD_NAME(x) x##_f64
-#define GD_SQRT sqrt
+#define GD_SQRT(x) sqrt(x)
+#define GD_TARGET
+#define GD_NAME(x) x##_f64_base
 #include "gd_optimizers.inc"
-#undef T
 #undef GD_NAME
+#undef GD_TARGET
+#if GD_HAVE_X86_DISPATCH
+#define GD_TARGET __attribute__((target("arch=x86-64-v3")))
+#define GD_NAME(x) x##_f64_v3
+#include "gd_optimizers.inc"
+#undef GD_NAME
+#undef GD_TARGET
+#endif
+#undef T
 #undef GD_SQRT
 
-#define GD_DTYPE_DISPATCH(opt)                                                \
+#undef V
+#undef GD_W
+#undef GD_MASK_T
+#undef GD_FULL
+#undef GD_TAIL_MASK
+#undef GD_LOAD
+#undef GD_STORE
+#undef GD_MAX_NAN
+#undef GD_SQRT_FAST
+#undef GD_SPLIT_SQRT
+
+/* ------------------------------------------- AVX-512: 64-byte packs -- */
+#if GD_HAVE_X86_DISPATCH
+#include "gd_avx512.h"
+
+#define GD_TARGET GD_V4
+#define GD_SPLIT_SQRT 1
+
+#define T float
+#define V gd_f32x16
+#define GD_W 16
+#define GD_NAME(x) x##_f32_v4
+#define GD_MASK_T __mmask16
+#define GD_FULL ((__mmask16)0xFFFF)
+#define GD_TAIL_MASK(k) ((__mmask16)((1u << (k)) - 1))
+#define GD_LOAD(ptr, mask) gd_load_f32x16(ptr, mask)
+#define GD_STORE(ptr, value, mask) gd_store_f32x16(ptr, value, mask)
+#define GD_SQRT(x) gd_sqrt_f32x16(x)
+#define GD_SQRT_FAST(x) gd_sqrt_newton_f32x16(x)
+#define GD_MAX_NAN(a, b) gd_max_nan_f32x16(a, b)
+#include "gd_optimizers.inc"
+#undef T
+#undef V
+#undef GD_W
+#undef GD_NAME
+#undef GD_MASK_T
+#undef GD_FULL
+#undef GD_TAIL_MASK
+#undef GD_LOAD
+#undef GD_STORE
+#undef GD_SQRT
+#undef GD_SQRT_FAST
+#undef GD_MAX_NAN
+
+#define T double
+#define V gd_f64x8
+#define GD_W 8
+#define GD_NAME(x) x##_f64_v4
+#define GD_MASK_T __mmask8
+#define GD_FULL ((__mmask8)0xFF)
+#define GD_TAIL_MASK(k) ((__mmask8)((1u << (k)) - 1))
+#define GD_LOAD(ptr, mask) gd_load_f64x8(ptr, mask)
+#define GD_STORE(ptr, value, mask) gd_store_f64x8(ptr, value, mask)
+#define GD_SQRT(x) gd_sqrt_f64x8(x)
+#define GD_SQRT_FAST(x) gd_sqrt_newton_f64x8(x)
+#define GD_MAX_NAN(a, b) gd_max_nan_f64x8(a, b)
+#include "gd_optimizers.inc"
+#undef T
+#undef V
+#undef GD_W
+#undef GD_NAME
+#undef GD_MASK_T
+#undef GD_FULL
+#undef GD_TAIL_MASK
+#undef GD_LOAD
+#undef GD_STORE
+#undef GD_SQRT
+#undef GD_SQRT_FAST
+#undef GD_MAX_NAN
+
+#undef GD_TARGET
+#undef GD_SPLIT_SQRT
+#endif /* GD_HAVE_X86_DISPATCH */
+
+/* ----------------------------------------------------- entry points -- */
+#if GD_HAVE_X86_DISPATCH
+#define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_v3, opt##_span_##dt##_v4}
+#else
+#define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_base, opt##_span_##dt##_base}
+#endif
+
+#define GD_ENTRY(opt)                                                          \
     void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
                   const gd_buffer *buffers, int64_t count)                    \
     {                                                                         \
-        if (dtype == GD_FLOAT32)                                              \
-            opt##_f32(options, buffers, count);                               \
-        else                                                                  \
-            opt##_f64(options, buffers, count);                               \
+        static const gd_span_fn spans[2][3] = {GD_SPANS(opt, f32),            \
+                                               GD_SPANS(opt, f64)};           \
+        gd_run(spans[dtype != GD_FLOAT32][gd_isa_level()], options, buffers,  \
+               count);                                                        \
     }
-GD_DTYPE_DISPATCH(sgd)
-GD_DTYPE_DISPATCH(adagrad)
-GD_DTYPE_DISPATCH(rmsprop)
-GD_DTYPE_DISPATCH(adam)
+GD_ENTRY(sgd)
+GD_ENTRY(adagrad)
+GD_ENTRY(rmsprop)
+GD_ENTRY(adam)

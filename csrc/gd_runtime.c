@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -157,9 +158,45 @@ double gd_pow_step(double base, int64_t step)
     return value;
 }
 
+static int gd_isa = -1;
+
+static int gd_isa_supported(void)
+{
+#if GD_HAVE_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return GD_ISA_X86_64_V4;
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return GD_ISA_X86_64_V3;
+#endif
+    return GD_ISA_BASELINE;
+}
+
+__attribute__((constructor)) static void gd_isa_init(void)
+{
+    int level = gd_isa_supported();
+    const char *want = getenv("GDCORE_ISA");
+    if (want != NULL) {
+        int asked = !strcmp(want, "baseline")    ? GD_ISA_BASELINE
+                    : !strcmp(want, "x86-64-v3") ? GD_ISA_X86_64_V3
+                    : !strcmp(want, "x86-64-v4") ? GD_ISA_X86_64_V4
+                                                 : level;
+        if (asked < level)
+            level = asked;
+    }
+    gd_isa = level;
+}
+
+int gd_isa_level(void)
+{
+    if (gd_isa < 0)
+        gd_isa_init();
+    return gd_isa;
+}
+
 const char *gd_isa_compiled(void)
 {
-#if GD_HAVE_CLONES
+#if GD_HAVE_X86_DISPATCH
     return "x86-64-v4 (AVX-512) | x86-64-v3 (AVX2+FMA) | baseline";
 #else
     return "compiler default target only";
@@ -168,13 +205,10 @@ const char *gd_isa_compiled(void)
 
 const char *gd_isa_selected(void)
 {
-#if GD_HAVE_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return "x86-64-v4 (AVX-512)";
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return "x86-64-v3 (AVX2+FMA)";
-    return "x86-64 baseline (SSE2)";
+#if GD_HAVE_X86_DISPATCH
+    static const char *names[] = {"x86-64 baseline (SSE2)", "x86-64-v3 (AVX2+FMA)",
+                                  "x86-64-v4 (AVX-512)"};
+    return names[gd_isa_level()];
 #else
     return "compiler default target";
 #endif
