@@ -79,8 +79,9 @@ int gd_openmp_enabled(void);
 /* Smallest total element count for which a call goes parallel. */
 int64_t gd_parallel_threshold(void);
 
-/* The instruction set the runtime dispatcher selects on this CPU, and the
- * list of variants compiled in ("avx512 avx2 baseline" or "baseline"). */
+/* The instruction set the kernels run in this process (the best the CPU
+ * supports, or lower if the environment variable GDCORE_ISA asks), and the
+ * list of builds compiled in. */
 const char *gd_isa_selected(void);
 const char *gd_isa_compiled(void);
 
