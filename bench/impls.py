@@ -20,13 +20,25 @@ except ImportError:                     # the report says which peers are absent
     torch = None
 
 
+_placed = [0]
+
+
 def aligned_copy(a):
     """A copy of `a` starting on a 64-byte boundary, as torch's CPU allocator
     places tensors (NumPy's allocator only guarantees 16 bytes, and a vector
-    load that straddles two cache lines costs extra).  Every implementation
-    gets such copies, so alignment is the same for all."""
-    raw = np.empty(a.nbytes + 64, dtype=np.uint8)
-    offset = -raw.ctypes.data % 64
+    load that straddles two cache lines costs extra).  Large copies also go to
+    a rotating offset within a 4 KiB page, 1,088 bytes after the previous
+    one: arrays whose addresses agree below 4 KiB slow each other down (4K
+    aliasing, see gdcore/optim.py), and where NumPy's allocator happens to put
+    them would otherwise decide a run.  Every implementation gets such copies
+    for its params and grads."""
+    if a.nbytes < 4096:
+        raw = np.empty(a.nbytes + 64, dtype=np.uint8)
+        offset = -raw.ctypes.data % 64
+    else:
+        raw = np.empty(a.nbytes + 4096, dtype=np.uint8)
+        _placed[0] += 1
+        offset = (_placed[0] * 1088 % 4096 - raw.ctypes.data) % 4096
     out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out

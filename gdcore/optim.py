@@ -26,18 +26,37 @@ from gdcore import _core
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
 
-def _aligned_full(like, value):
+# State buffers of at least this many bytes are also placed at a chosen
+# offset within a 4 KiB page (see _aligned_full).
+_PAGE = 4096
+_STAGGER = 1024
+
+
+def _aligned_full(like, value, slot=0):
     """A C-contiguous array shaped and typed like `like`, filled with value,
-    starting on a 64-byte boundary (a cache line; a whole AVX-512 vector)."""
+    starting on a 64-byte boundary (a cache line; a whole AVX-512 vector).
+
+    Large buffers also start `(slot + 1) * 1 KiB` past `like`'s offset within
+    a 4 KiB page.  A step streams through the param and its state buffers in
+    lockstep; when two of them share their address bits below 4 KiB, the CPU
+    cannot tell a load from the next vector of one buffer apart from a
+    pending store to another ("4K aliasing") and stalls the load.  Measured
+    here: float32 Adam over 1M elements ran 0.35 ns per element with the
+    buffers 64 bytes apart in the page and 0.23-0.25 with them 1 KiB apart."""
     nbytes = like.nbytes
-    raw = np.empty(nbytes + 64, dtype=np.uint8)
-    offset = -raw.ctypes.data % 64
+    if nbytes < _PAGE:
+        raw = np.empty(nbytes + 64, dtype=np.uint8)
+        offset = -raw.ctypes.data % 64
+    else:
+        raw = np.empty(nbytes + _PAGE, dtype=np.uint8)
+        want = (like.ctypes.data + (slot + 1) * _STAGGER) % _PAGE // 64 * 64
+        offset = (want - raw.ctypes.data) % _PAGE
     out = raw[offset:offset + nbytes].view(like.dtype).reshape(like.shape)
     out.fill(value)
     return out
 
 
-def _aligned_copy(value, like, name):
+def _aligned_copy(value, like, name, slot=0):
     """A 64-byte aligned copy of state array `value`, shaped like param `like`.
     Floating state is cast to the param's dtype, as torch does on load."""
     value = np.asarray(value)
@@ -46,7 +65,7 @@ def _aligned_copy(value, like, name):
                          f"{like.shape}")
     if value.dtype.kind != "f":
         raise TypeError(f"{name} has dtype {value.dtype}; state buffers are floating point")
-    out = _aligned_full(like, 0)
+    out = _aligned_full(like, 0, slot)
     out[...] = value
     return out
 
@@ -194,7 +213,8 @@ class Optimizer:
                     is_new = state is None
                     if is_new:
                         state = {"step": 0} if self._counts_steps else {}
-                    added = {name: _aligned_full(p, self._initial_value(name, group))
+                    added = {name: _aligned_full(p, self._initial_value(name, group),
+                                                 self._state_arrays.index(name))
                              for name in needed if name not in state}
                     params.append(p)
                     group_grads.append(g)
@@ -291,7 +311,8 @@ class Optimizer:
             loaded = {}
             for name, value in entry.items():
                 if name in self._state_arrays:
-                    loaded[name] = _aligned_copy(value, p, f"state[{key}][{name!r}]")
+                    loaded[name] = _aligned_copy(value, p, f"state[{key}][{name!r}]",
+                                                 self._state_arrays.index(name))
                 elif name == "step":
                     step = float(value) if not isinstance(value, (int, np.integer)) else value
                     if not (step >= 0 and float(step).is_integer()):
