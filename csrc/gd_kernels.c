@@ -31,7 +31,8 @@
 #define GD_STORE(ptr, value, mask) (*(ptr) = (value))
 #define GD_MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
 #define GD_SQRT_FAST(x) GD_SQRT(x)
-#define GD_SPLIT_SQRT 0
+#define GD_SPLIT_PERIOD 1
+#define GD_SPLIT_FAST 0
 
 #define T float
 #define GD_SQRT(x) sqrtf(x)
@@ -76,14 +77,14 @@
 #undef GD_STORE
 #undef GD_MAX_NAN
 #undef GD_SQRT_FAST
-#undef GD_SPLIT_SQRT
+#undef GD_SPLIT_PERIOD
+#undef GD_SPLIT_FAST
 
 /* ------------------------------------------- AVX-512: 64-byte packs -- */
 #if GD_HAVE_X86_DISPATCH
 #include "gd_avx512.h"
 
 #define GD_TARGET GD_V4
-#define GD_SPLIT_SQRT 1
 
 #define T float
 #define V gd_f32x16
@@ -96,6 +97,12 @@
 #define GD_STORE(ptr, value, mask) gd_store_f32x16(ptr, value, mask)
 #define GD_SQRT(x) gd_sqrt_f32x16(x)
 #define GD_SQRT_FAST(x) gd_sqrt_newton_f32x16(x)
+#ifndef GD_F32_PERIOD /* tuning knobs: -DGD_F32_PERIOD=4 -DGD_F32_FAST=14 ... */
+#define GD_F32_PERIOD 2
+#define GD_F32_FAST 2
+#endif
+#define GD_SPLIT_PERIOD GD_F32_PERIOD
+#define GD_SPLIT_FAST GD_F32_FAST
 #define GD_MAX_NAN(a, b) gd_max_nan_f32x16(a, b)
 #include "gd_optimizers.inc"
 #undef T
@@ -109,6 +116,8 @@
 #undef GD_STORE
 #undef GD_SQRT
 #undef GD_SQRT_FAST
+#undef GD_SPLIT_PERIOD
+#undef GD_SPLIT_FAST
 #undef GD_MAX_NAN
 
 #define T double
@@ -122,6 +131,12 @@
 #define GD_STORE(ptr, value, mask) gd_store_f64x8(ptr, value, mask)
 #define GD_SQRT(x) gd_sqrt_f64x8(x)
 #define GD_SQRT_FAST(x) gd_sqrt_newton_f64x8(x)
+#ifndef GD_F64_PERIOD /* sqrtpd costs more than divpd: 3 packs of 4 go Newton */
+#define GD_F64_PERIOD 4
+#define GD_F64_FAST 14
+#endif
+#define GD_SPLIT_PERIOD GD_F64_PERIOD
+#define GD_SPLIT_FAST GD_F64_FAST
 #define GD_MAX_NAN(a, b) gd_max_nan_f64x8(a, b)
 #include "gd_optimizers.inc"
 #undef T
@@ -135,10 +150,11 @@
 #undef GD_STORE
 #undef GD_SQRT
 #undef GD_SQRT_FAST
+#undef GD_SPLIT_PERIOD
+#undef GD_SPLIT_FAST
 #undef GD_MAX_NAN
 
 #undef GD_TARGET
-#undef GD_SPLIT_SQRT
 #endif /* GD_HAVE_X86_DISPATCH */
 
 /* ----------------------------------------------------- entry points -- */
