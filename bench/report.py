@@ -138,13 +138,14 @@ def find(records, **keys):
     return None
 
 
-def thread_pairing(size, threads, rounds, batch):
-    """Adam float32 class API over `size` elements: per-round samples of the
-    same optimizer stepped with 1 thread and with `threads` threads."""
+def thread_pairing(size, threads, rounds, batch, name="Adam"):
+    """float32 class API over `size` elements: per-round samples of the same
+    optimizer stepped with 1 thread and with `threads` threads, interleaved
+    (a slowdown of the machine that lasts a round hits both)."""
     rng = np.random.default_rng(0)
     params = [impls.aligned_copy(rng.standard_normal(size).astype(np.float32))]
     grads = [impls.aligned_copy(rng.standard_normal(size).astype(np.float32))]
-    step = impls.IMPLEMENTATIONS["gdcore"]("Adam", OPTIMIZERS["Adam"], params, grads)
+    step = impls.IMPLEMENTATIONS["gdcore"](name, OPTIMIZERS[name], params, grads)
 
     def on(n):
         def run():
@@ -157,7 +158,7 @@ def thread_pairing(size, threads, rounds, batch):
     return samples
 
 
-def targets(records, overhead, all_cores, small_threads=None):
+def targets(records, overhead, all_cores, small_threads=None, scaling=None):
     """The speed targets of the benchmarks issue, from this run's ratios."""
     out = []
 
@@ -202,14 +203,9 @@ def targets(records, overhead, all_cores, small_threads=None):
                 add(f"RMSprop {dtype} 1,048,576: gdcore / torch foreach",
                     ratio(rec, "gdcore", "torch_foreach"), 0.25)
     if all_cores > 1:
-        for name in OPTIMIZERS:
-            one = find(records, optimizer=name, dtype="float32", elements=1 << 20, threads=1,
-                       tensors=1)
-            many = find(records, optimizer=name, dtype="float32", elements=1 << 20,
-                        threads=all_cores, tensors=1)
-            if one and many:
-                add(f"{name} float32 1,048,576: {all_cores}-thread speedup",
-                    one["seconds"]["gdcore"] / many["seconds"]["gdcore"], 1.7, "ge")
+        for name, samples in (scaling or {}).items():
+            add(f"{name} float32 1,048,576, class API: {all_cores}-thread speedup (paired)",
+                1 / paired_ratio(samples, f"x{all_cores}", "x1"), 1.7, "ge")
         for size, samples in (small_threads or {}).items():
             add(f"Adam float32 {size:,}, class API: {all_cores}-thread time / 1-thread time "
                 "(paired)", paired_ratio(samples, f"x{all_cores}", "x1"), 1.05)
@@ -291,7 +287,7 @@ def main(argv=None):
     if args.huge:
         plan += [("Adam", np.float32, SIZE_HUGE, t) for t in thread_counts]
     plan_many = [(case, t) for case in many for t in thread_counts]
-    total = len(plan) + len(plan_many) + 1
+    total = len(plan) + len(plan_many) + 1 + (thread_counts[-1] > 1 and not args.smoke)
     machine = machine_description()
     print(f"gdcore benchmark ({'smoke' if args.smoke else 'full' if args.full else 'quick'}"
           f" mode): {machine['cpu']}, {machine['cores']} cores, kernels run as "
@@ -330,10 +326,16 @@ def main(argv=None):
     # Small buffers with threads on: the same optimizer stepped with 1 and with
     # all threads, interleaved in the same rounds (no thread wakes below the
     # parallel threshold, so this pairing is safe; see README).
-    small_threads = {}
+    small_threads, scaling = {}, {}
     if all_cores > 1 and not args.smoke:
         for size in (4096, 65536):
             small_threads[size] = thread_pairing(size, all_cores, rounds, batch)
+        for name in names:
+            scaling[name] = thread_pairing(1 << 20, all_cores, rounds, batch, name)
+        done += 1
+        progress(f"thread scaling, paired: Adam 1,048,576 {all_cores} threads "
+                 f"{1 / paired_ratio(scaling['Adam'], f'x{all_cores}', 'x1'):.2f}x faster"
+                 if "Adam" in scaling else "thread scaling, paired")
     # Per-call overhead: a 1-element Adam step.
     overhead = run_case("Adam", np.float32, [(1,)], 1,
                         ["gdcore", "gdcore_functional", "torch_fused", "deepspeed"],
@@ -343,7 +345,7 @@ def main(argv=None):
 
     single = [r for r in records if "case" not in r]
     multi = [r for r in records if "case" in r]
-    checks = targets(records, overhead, all_cores, small_threads)
+    checks = targets(records, overhead, all_cores, small_threads, scaling)
     lines = [f"# gdcore benchmark report", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores; gdcore kernels: "
              f"{machine['gdcore_build']['isa']}, OpenMP "
