@@ -11,7 +11,7 @@
  * Goldschmidt step (s = x y, h = y / 2, r = 1/2 - s h, s += s r, h += h r)
  * brings s ~ sqrt(x) to about 2^-27, enough for float32; float64 adds the
  * Newton correction s += h (x - s s), to about 2^-54.  The result is within
- * one ulp of the correctly rounded root (tests/test_consistency.py measures
+ * one ulp of the correctly rounded root (tests/test_isa.py measures
  * it over many binades).  +0 gives +0 (the seed is taken of max(x, smallest
  * normal)); the other lanes outside the normal positive range (-0,
  * subnormal, infinite, negative, NaN: one vfpclass test) take the exact
@@ -34,86 +34,56 @@
 typedef float gd_f32x16 __attribute__((vector_size(64)));
 typedef double gd_f64x8 __attribute__((vector_size(64)));
 
-/* ----------------------------------------------------------- float32 -- */
-GD_V4_INLINE gd_f32x16 gd_load_f32x16(const float *p, __mmask16 mask)
-{
-    return (gd_f32x16)(mask == 0xFFFF ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask, p));
-}
+/* The operations for one element type, written once:
+ *   NAME    pack name suffix (f32x16, f64x8)   T, V, M  element, pack, mask types
+ *   FULL    the all-lanes mask                 PS       intrinsic suffix (ps, pd)
+ *   TINY    smallest normal T                  REFINE   1: add the Newton correction */
+#define GD_AVX512_OPS(NAME, T, V, M, FULL, PS, TINY, REFINE)                   \
+    GD_V4_INLINE V gd_load_##NAME(const T *p, M mask)                          \
+    {                                                                          \
+        return (V)(mask == FULL ? _mm512_loadu_##PS(p)                         \
+                                : _mm512_maskz_loadu_##PS(mask, p));           \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE void gd_store_##NAME(T *p, V x, M mask)                       \
+    {                                                                          \
+        if (mask == FULL)                                                      \
+            _mm512_storeu_##PS(p, x);                                          \
+        else                                                                   \
+            _mm512_mask_storeu_##PS(p, mask, x);                               \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE V gd_sqrt_##NAME(V x)                                         \
+    {                                                                          \
+        return (V)_mm512_sqrt_##PS(x);                                         \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE V gd_sqrt_newton_##NAME(V x)                                  \
+    {                                                                          \
+        const V half = (V)_mm512_set1_##PS((T)0.5);                            \
+        const V y = (V)_mm512_rsqrt14_##PS(_mm512_max_##PS(x, _mm512_set1_##PS(TINY))); \
+        V s = (V)_mm512_mul_##PS(x, y), h = (V)_mm512_mul_##PS(y, half);       \
+        const V r = (V)_mm512_fnmadd_##PS(s, h, half);                         \
+        s = (V)_mm512_fmadd_##PS(s, r, s);                                     \
+        if (REFINE) {                                                          \
+            h = (V)_mm512_fmadd_##PS(h, r, h);                                 \
+            s = (V)_mm512_fmadd_##PS(h, _mm512_fnmadd_##PS(s, s, x), s);       \
+        }                                                                      \
+        const M special = _mm512_fpclass_##PS##_mask(x, GD_FPCLASS_NOT_SAFE);  \
+        if (__builtin_expect(special != 0, 0))                                 \
+            s = (V)_mm512_mask_sqrt_##PS(s, special, x);                       \
+        return s;                                                              \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE V gd_max_nan_##NAME(V a, V b)                                 \
+    {                                                                          \
+        const M take_a = _mm512_cmp_##PS##_mask(a, a, _CMP_UNORD_Q) |          \
+                         _mm512_cmp_##PS##_mask(a, b, _CMP_GT_OQ);             \
+        return (V)_mm512_mask_blend_##PS(take_a, b, a);                        \
+    }
 
-GD_V4_INLINE void gd_store_f32x16(float *p, gd_f32x16 x, __mmask16 mask)
-{
-    if (mask == 0xFFFF)
-        _mm512_storeu_ps(p, (__m512)x);
-    else
-        _mm512_mask_storeu_ps(p, mask, (__m512)x);
-}
-
-GD_V4_INLINE gd_f32x16 gd_sqrt_f32x16(gd_f32x16 x)
-{
-    return (gd_f32x16)_mm512_sqrt_ps((__m512)x);
-}
-
-GD_V4_INLINE gd_f32x16 gd_sqrt_newton_f32x16(gd_f32x16 xv)
-{
-    const __m512 x = (__m512)xv, half = _mm512_set1_ps(0.5f);
-    const __m512 y = _mm512_rsqrt14_ps(_mm512_max_ps(x, _mm512_set1_ps(FLT_MIN)));
-    __m512 s = _mm512_mul_ps(x, y), h = _mm512_mul_ps(y, half);
-    const __m512 r = _mm512_fnmadd_ps(s, h, half);
-    s = _mm512_fmadd_ps(s, r, s);
-    const __mmask16 special = _mm512_fpclass_ps_mask(x, GD_FPCLASS_NOT_SAFE);
-    if (__builtin_expect(special != 0, 0))
-        s = _mm512_mask_sqrt_ps(s, special, x);
-    return (gd_f32x16)s;
-}
-
-GD_V4_INLINE gd_f32x16 gd_max_nan_f32x16(gd_f32x16 av, gd_f32x16 bv)
-{
-    const __m512 a = (__m512)av, b = (__m512)bv;
-    const __mmask16 take_a = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) |
-                             _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
-    return (gd_f32x16)_mm512_mask_blend_ps(take_a, b, a);
-}
-
-/* ----------------------------------------------------------- float64 -- */
-GD_V4_INLINE gd_f64x8 gd_load_f64x8(const double *p, __mmask8 mask)
-{
-    return (gd_f64x8)(mask == 0xFF ? _mm512_loadu_pd(p) : _mm512_maskz_loadu_pd(mask, p));
-}
-
-GD_V4_INLINE void gd_store_f64x8(double *p, gd_f64x8 x, __mmask8 mask)
-{
-    if (mask == 0xFF)
-        _mm512_storeu_pd(p, (__m512d)x);
-    else
-        _mm512_mask_storeu_pd(p, mask, (__m512d)x);
-}
-
-GD_V4_INLINE gd_f64x8 gd_sqrt_f64x8(gd_f64x8 x)
-{
-    return (gd_f64x8)_mm512_sqrt_pd((__m512d)x);
-}
-
-GD_V4_INLINE gd_f64x8 gd_sqrt_newton_f64x8(gd_f64x8 xv)
-{
-    const __m512d x = (__m512d)xv, half = _mm512_set1_pd(0.5);
-    const __m512d y = _mm512_rsqrt14_pd(_mm512_max_pd(x, _mm512_set1_pd(DBL_MIN)));
-    __m512d s = _mm512_mul_pd(x, y), h = _mm512_mul_pd(y, half);
-    const __m512d r = _mm512_fnmadd_pd(s, h, half);
-    s = _mm512_fmadd_pd(s, r, s);
-    h = _mm512_fmadd_pd(h, r, h);
-    s = _mm512_fmadd_pd(h, _mm512_fnmadd_pd(s, s, x), s);
-    const __mmask8 special = _mm512_fpclass_pd_mask(x, GD_FPCLASS_NOT_SAFE);
-    if (__builtin_expect(special != 0, 0))
-        s = _mm512_mask_sqrt_pd(s, special, x);
-    return (gd_f64x8)s;
-}
-
-GD_V4_INLINE gd_f64x8 gd_max_nan_f64x8(gd_f64x8 av, gd_f64x8 bv)
-{
-    const __m512d a = (__m512d)av, b = (__m512d)bv;
-    const __mmask8 take_a = _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q) |
-                            _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
-    return (gd_f64x8)_mm512_mask_blend_pd(take_a, b, a);
-}
+GD_AVX512_OPS(f32x16, float, gd_f32x16, __mmask16, 0xFFFF, ps, FLT_MIN, 0)
+GD_AVX512_OPS(f64x8, double, gd_f64x8, __mmask8, 0xFF, pd, DBL_MIN, 1)
+#undef GD_AVX512_OPS
 
 #endif /* GD_AVX512_H */
