@@ -85,75 +85,78 @@
 #include "gd_avx512.h"
 
 #define GD_TARGET GD_V4
+/* gd_<op>_<GD_V4_SUFFIX> from gd_avx512.h */
+#define GD_OP__(op, pack) gd_##op##_##pack
+#define GD_OP_(op, pack) GD_OP__(op, pack)
+#define GD_OP(op) GD_OP_(op, GD_V4_SUFFIX)
+#define GD_TAIL_MASK(k) ((GD_MASK_T)((1u << (k)) - 1))
+#define GD_LOAD(ptr, mask) GD_OP(load)(ptr, mask)
+#define GD_STORE(ptr, value, mask) GD_OP(store)(ptr, value, mask)
+#define GD_SQRT(x) GD_OP(sqrt)(x)
+#define GD_SQRT_FAST(x) GD_OP(sqrt_newton)(x)
+#define GD_MAX_NAN(a, b) GD_OP(max_nan)(a, b)
+
+/* Tuning knobs (-DGD_F32_PERIOD=4 -DGD_F32_FAST=14 ...): which packs take
+ * the Newton root.  float64: vsqrtpd costs more than vdivpd, so three packs
+ * of every four go Newton. */
+#ifndef GD_F32_PERIOD
+#define GD_F32_PERIOD 2
+#define GD_F32_FAST 2
+#endif
+#ifndef GD_F64_PERIOD
+#define GD_F64_PERIOD 4
+#define GD_F64_FAST 14
+#endif
 
 #define T float
 #define V gd_f32x16
+#define GD_V4_SUFFIX f32x16
 #define GD_W 16
 #define GD_NAME(x) x##_f32_v4
 #define GD_MASK_T __mmask16
 #define GD_FULL ((__mmask16)0xFFFF)
-#define GD_TAIL_MASK(k) ((__mmask16)((1u << (k)) - 1))
-#define GD_LOAD(ptr, mask) gd_load_f32x16(ptr, mask)
-#define GD_STORE(ptr, value, mask) gd_store_f32x16(ptr, value, mask)
-#define GD_SQRT(x) gd_sqrt_f32x16(x)
-#define GD_SQRT_FAST(x) gd_sqrt_newton_f32x16(x)
-#ifndef GD_F32_PERIOD /* tuning knobs: -DGD_F32_PERIOD=4 -DGD_F32_FAST=14 ... */
-#define GD_F32_PERIOD 2
-#define GD_F32_FAST 2
-#endif
 #define GD_SPLIT_PERIOD GD_F32_PERIOD
 #define GD_SPLIT_FAST GD_F32_FAST
-#define GD_MAX_NAN(a, b) gd_max_nan_f32x16(a, b)
 #include "gd_optimizers.inc"
 #undef T
 #undef V
+#undef GD_V4_SUFFIX
 #undef GD_W
 #undef GD_NAME
 #undef GD_MASK_T
 #undef GD_FULL
-#undef GD_TAIL_MASK
-#undef GD_LOAD
-#undef GD_STORE
-#undef GD_SQRT
-#undef GD_SQRT_FAST
 #undef GD_SPLIT_PERIOD
 #undef GD_SPLIT_FAST
-#undef GD_MAX_NAN
 
 #define T double
 #define V gd_f64x8
+#define GD_V4_SUFFIX f64x8
 #define GD_W 8
 #define GD_NAME(x) x##_f64_v4
 #define GD_MASK_T __mmask8
 #define GD_FULL ((__mmask8)0xFF)
-#define GD_TAIL_MASK(k) ((__mmask8)((1u << (k)) - 1))
-#define GD_LOAD(ptr, mask) gd_load_f64x8(ptr, mask)
-#define GD_STORE(ptr, value, mask) gd_store_f64x8(ptr, value, mask)
-#define GD_SQRT(x) gd_sqrt_f64x8(x)
-#define GD_SQRT_FAST(x) gd_sqrt_newton_f64x8(x)
-#ifndef GD_F64_PERIOD /* sqrtpd costs more than divpd: 3 packs of 4 go Newton */
-#define GD_F64_PERIOD 4
-#define GD_F64_FAST 14
-#endif
 #define GD_SPLIT_PERIOD GD_F64_PERIOD
 #define GD_SPLIT_FAST GD_F64_FAST
-#define GD_MAX_NAN(a, b) gd_max_nan_f64x8(a, b)
 #include "gd_optimizers.inc"
 #undef T
 #undef V
+#undef GD_V4_SUFFIX
 #undef GD_W
 #undef GD_NAME
 #undef GD_MASK_T
 #undef GD_FULL
+#undef GD_SPLIT_PERIOD
+#undef GD_SPLIT_FAST
+
+#undef GD_OP__
+#undef GD_OP_
+#undef GD_OP
 #undef GD_TAIL_MASK
 #undef GD_LOAD
 #undef GD_STORE
 #undef GD_SQRT
 #undef GD_SQRT_FAST
-#undef GD_SPLIT_PERIOD
-#undef GD_SPLIT_FAST
 #undef GD_MAX_NAN
-
 #undef GD_TARGET
 #endif /* GD_HAVE_X86_DISPATCH */
 
