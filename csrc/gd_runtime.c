@@ -8,9 +8,10 @@
  * far slower than a plain loop).  Above it, the total element count is cut
  * into equal shares, one per thread, whatever the buffer boundaries; a share
  * boundary inside a buffer is rounded down to a multiple of GD_SPLIT_ALIGN so
- * that no two threads write the same cache line.  Every element is computed
- * by the same scalar expression on every path (kernels are compiled with
- * -ffp-contract=off), so results are bitwise identical for any thread count.
+ * that no two threads write the same cache line.  How an element is
+ * computed depends only on its index in its buffer (kernels are compiled with
+ * -ffp-contract=off; the AVX-512 build's choice of square root follows the
+ * index too), so results are bitwise identical for any thread count.
  *
  * GNU OpenMP cannot be used in a child process forked after its thread pool
  * started (the first parallel region in the child waits forever for threads
