@@ -13,6 +13,7 @@ import numpy as np
 
 import gdcore
 import gdcore.functional as F
+from gdcore.optim import _aligned_empty
 
 try:
     import torch
@@ -32,14 +33,11 @@ def aligned_copy(a):
     aliasing, see gdcore/optim.py), and where NumPy's allocator happens to put
     them would otherwise decide a run.  Every implementation gets such copies
     for its params and grads."""
-    if a.nbytes < 4096:
-        raw = np.empty(a.nbytes + 64, dtype=np.uint8)
-        offset = -raw.ctypes.data % 64
-    else:
-        raw = np.empty(a.nbytes + 4096, dtype=np.uint8)
+    page_offset = None
+    if a.nbytes >= 4096:
         _placed[0] += 1
-        offset = (_placed[0] * 1088 % 4096 - raw.ctypes.data) % 4096
-    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+        page_offset = _placed[0] * 1088 % 4096
+    out = _aligned_empty(a.nbytes, page_offset).view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
 

@@ -287,7 +287,8 @@ def main(argv=None):
     if args.huge:
         plan += [("Adam", np.float32, SIZE_HUGE, t) for t in thread_counts]
     plan_many = [(case, t) for case in many for t in thread_counts]
-    total = len(plan) + len(plan_many) + 1 + (thread_counts[-1] > 1 and not args.smoke)
+    paired_threads = all_cores > 1 and not args.smoke
+    total = len(plan) + len(plan_many) + 1 + paired_threads
     machine = machine_description()
     print(f"gdcore benchmark ({'smoke' if args.smoke else 'full' if args.full else 'quick'}"
           f" mode): {machine['cpu']}, {machine['cores']} cores, kernels run as "
@@ -327,15 +328,15 @@ def main(argv=None):
     # all threads, interleaved in the same rounds (no thread wakes below the
     # parallel threshold, so this pairing is safe; see README).
     small_threads, scaling = {}, {}
-    if all_cores > 1 and not args.smoke:
+    if paired_threads:
         for size in (4096, 65536):
             small_threads[size] = thread_pairing(size, all_cores, rounds, batch)
         for name in names:
             scaling[name] = thread_pairing(1 << 20, all_cores, rounds, batch, name)
         done += 1
-        progress(f"thread scaling, paired: Adam 1,048,576 {all_cores} threads "
-                 f"{1 / paired_ratio(scaling['Adam'], f'x{all_cores}', 'x1'):.2f}x faster"
-                 if "Adam" in scaling else "thread scaling, paired")
+        progress("1,048,576 elements, 1 vs %d threads (paired): " % all_cores + ", ".join(
+            f"{name} {1 / paired_ratio(s, f'x{all_cores}', 'x1'):.2f}x"
+            for name, s in scaling.items()))
     # Per-call overhead: a 1-element Adam step.
     overhead = run_case("Adam", np.float32, [(1,)], 1,
                         ["gdcore", "gdcore_functional", "torch_fused", "deepspeed"],

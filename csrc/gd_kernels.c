@@ -85,10 +85,17 @@
 #include "gd_avx512.h"
 
 #define GD_TARGET GD_V4
-/* gd_<op>_<GD_V4_SUFFIX> from gd_avx512.h */
-#define GD_OP__(op, pack) gd_##op##_##pack
-#define GD_OP_(op, pack) GD_OP__(op, pack)
-#define GD_OP(op) GD_OP_(op, GD_V4_SUFFIX)
+/* Everything follows from GD_DT (f32, f64) and GD_W (lanes): the pack type
+ * and operations gd_<op>_<GD_DT>x<GD_W> of gd_avx512.h, the mask type
+ * __mmask<GD_W>, the function suffix _<GD_DT>_v4. */
+#define GD_CAT_(a, b) a##b
+#define GD_CAT(a, b) GD_CAT_(a, b)
+#define GD_SUFFIX GD_CAT(GD_CAT(GD_DT, x), GD_W)
+#define GD_OP(op) GD_CAT(GD_CAT(gd_, op), GD_CAT(_, GD_SUFFIX))
+#define V GD_CAT(gd_, GD_SUFFIX)
+#define GD_NAME(x) GD_CAT(GD_CAT(x##_, GD_DT), _v4)
+#define GD_MASK_T GD_CAT(__mmask, GD_W)
+#define GD_FULL ((GD_MASK_T)((1u << GD_W) - 1))
 #define GD_TAIL_MASK(k) ((GD_MASK_T)((1u << (k)) - 1))
 #define GD_LOAD(ptr, mask) GD_OP(load)(ptr, mask)
 #define GD_STORE(ptr, value, mask) GD_OP(store)(ptr, value, mask)
@@ -96,9 +103,9 @@
 #define GD_SQRT_FAST(x) GD_OP(sqrt_newton)(x)
 #define GD_MAX_NAN(a, b) GD_OP(max_nan)(a, b)
 
-/* Tuning knobs (-DGD_F32_PERIOD=4 -DGD_F32_FAST=14 ...): which packs take
- * the Newton root.  float64: vsqrtpd costs more than vdivpd, so three packs
- * of every four go Newton. */
+/* Which packs take the Newton root (tuning knobs: -DGD_F32_PERIOD=4
+ * -DGD_F32_FAST=14 ...).  float64: vsqrtpd costs more than vdivpd, so three
+ * packs of every four go Newton. */
 #ifndef GD_F32_PERIOD
 #define GD_F32_PERIOD 2
 #define GD_F32_FAST 2
@@ -109,48 +116,37 @@
 #endif
 
 #define T float
-#define V gd_f32x16
-#define GD_V4_SUFFIX f32x16
+#define GD_DT f32
 #define GD_W 16
-#define GD_NAME(x) x##_f32_v4
-#define GD_MASK_T __mmask16
-#define GD_FULL ((__mmask16)0xFFFF)
 #define GD_SPLIT_PERIOD GD_F32_PERIOD
 #define GD_SPLIT_FAST GD_F32_FAST
 #include "gd_optimizers.inc"
 #undef T
-#undef V
-#undef GD_V4_SUFFIX
+#undef GD_DT
 #undef GD_W
-#undef GD_NAME
-#undef GD_MASK_T
-#undef GD_FULL
 #undef GD_SPLIT_PERIOD
 #undef GD_SPLIT_FAST
 
 #define T double
-#define V gd_f64x8
-#define GD_V4_SUFFIX f64x8
+#define GD_DT f64
 #define GD_W 8
-#define GD_NAME(x) x##_f64_v4
-#define GD_MASK_T __mmask8
-#define GD_FULL ((__mmask8)0xFF)
 #define GD_SPLIT_PERIOD GD_F64_PERIOD
 #define GD_SPLIT_FAST GD_F64_FAST
 #include "gd_optimizers.inc"
 #undef T
-#undef V
-#undef GD_V4_SUFFIX
+#undef GD_DT
 #undef GD_W
-#undef GD_NAME
-#undef GD_MASK_T
-#undef GD_FULL
 #undef GD_SPLIT_PERIOD
 #undef GD_SPLIT_FAST
 
-#undef GD_OP__
-#undef GD_OP_
+#undef GD_CAT_
+#undef GD_CAT
+#undef GD_SUFFIX
 #undef GD_OP
+#undef V
+#undef GD_NAME
+#undef GD_MASK_T
+#undef GD_FULL
 #undef GD_TAIL_MASK
 #undef GD_LOAD
 #undef GD_STORE

@@ -32,6 +32,19 @@ _PAGE = 4096
 _STAGGER = 1024
 
 
+def _aligned_empty(nbytes, page_offset=None):
+    """An uninitialised uint8 buffer of nbytes starting on a 64-byte boundary
+    or, given page_offset (a multiple of 64), at that offset within a 4 KiB
+    page."""
+    if page_offset is None:
+        raw = np.empty(nbytes + 64, dtype=np.uint8)
+        offset = -raw.ctypes.data % 64
+    else:
+        raw = np.empty(nbytes + _PAGE, dtype=np.uint8)
+        offset = (page_offset - raw.ctypes.data) % _PAGE
+    return raw[offset:offset + nbytes]
+
+
 def _aligned_full(like, value, slot=0):
     """A C-contiguous array shaped and typed like `like`, filled with value,
     starting on a 64-byte boundary (a cache line; a whole AVX-512 vector).
@@ -44,14 +57,10 @@ def _aligned_full(like, value, slot=0):
     here: float32 Adam over 1M elements ran 0.35 ns per element with the
     buffers 64 bytes apart in the page and 0.23-0.25 with them 1 KiB apart."""
     nbytes = like.nbytes
-    if nbytes < _PAGE:
-        raw = np.empty(nbytes + 64, dtype=np.uint8)
-        offset = -raw.ctypes.data % 64
-    else:
-        raw = np.empty(nbytes + _PAGE, dtype=np.uint8)
-        want = (like.ctypes.data + (slot + 1) * _STAGGER) % _PAGE // 64 * 64
-        offset = (want - raw.ctypes.data) % _PAGE
-    out = raw[offset:offset + nbytes].view(like.dtype).reshape(like.shape)
+    page_offset = None
+    if nbytes >= _PAGE:
+        page_offset = (like.ctypes.data + (slot + 1) * _STAGGER) % _PAGE // 64 * 64
+    out = _aligned_empty(nbytes, page_offset).view(like.dtype).reshape(like.shape)
     out.fill(value)
     return out
 
