@@ -9,11 +9,17 @@ The C kernels (csrc/) are compiled into the extension with
 No -march flag: the kernels carry their own AVX-512/AVX2/baseline variants
 and pick one at load time (see csrc/gd_internal.h).
 Set GDCORE_DEBUG=1 to build with Cython's bounds checks on and -O0.
+
+Before compiling, the C side of the optimizer declarations is generated
+from gdcore/family.py: csrc/gd_family.h (options structs, kernel list) and
+csrc/gd_family.inc (kernel bodies).  Both are build outputs (untracked).
 """
 import os
 import subprocess
 import sys
 import tempfile
+
+import runpy
 
 import numpy
 from Cython.Build import cythonize
@@ -51,6 +57,21 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _generate_family_sources():
+    """Write csrc/gd_family.{h,inc} from gdcore/family.py (only when they
+    change, so that unchanged builds stay incremental)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    family = runpy.run_path(os.path.join(here, "gdcore", "family.py"))
+    for name, text in (("gd_family.h", family["c_header"]()),
+                       ("gd_family.inc", family["c_bodies"]())):
+        path = os.path.join(here, "csrc", name)
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:
+            with open(path, "w") as f:
+                f.write(text)
+
+
+_generate_family_sources()
 debug = os.environ.get("GDCORE_DEBUG") == "1"
 extensions = [
     Extension(
@@ -59,7 +80,10 @@ extensions = [
                  "csrc/gd_stream.c"],
         include_dirs=["csrc", numpy.get_include()],
         depends=["csrc/gdcore.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
-                 "gdcore/_csrc.pxd"],
+                 "csrc/gd_avx512.h", "csrc/gd_family.h", "csrc/gd_family.inc",
+                 "gdcore/_csrc.pxd", "gdcore/family.py"]
+                + sorted(os.path.join("csrc", "optimizers", f)
+                         for f in os.listdir(os.path.join("csrc", "optimizers"))),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
 ]

@@ -75,6 +75,31 @@ typedef double gd_f64x8 __attribute__((vector_size(64)));
         return s;                                                              \
     }                                                                          \
                                                                                \
+    GD_V4_INLINE V gd_abs_##NAME(V x)                                          \
+    {                                                                          \
+        return (V)_mm512_abs_##PS(x);                                          \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE M gd_gt_##NAME(V a, V b)                                      \
+    {                                                                          \
+        return _mm512_cmp_##PS##_mask(a, b, _CMP_GT_OQ);                       \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE M gd_lt_##NAME(V a, V b)                                      \
+    {                                                                          \
+        return _mm512_cmp_##PS##_mask(a, b, _CMP_LT_OQ);                       \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE M gd_eq_##NAME(V a, V b)                                      \
+    {                                                                          \
+        return _mm512_cmp_##PS##_mask(a, b, _CMP_EQ_OQ);                       \
+    }                                                                          \
+                                                                               \
+    GD_V4_INLINE V gd_blend_##NAME(M take_a, V a, V b)                         \
+    {                                                                          \
+        return (V)_mm512_mask_blend_##PS(take_a, b, a);                        \
+    }                                                                          \
+                                                                               \
     GD_V4_INLINE V gd_max_nan_##NAME(V a, V b)                                 \
     {                                                                          \
         const M take_a = _mm512_cmp_##PS##_mask(a, a, _CMP_UNORD_Q) |          \

@@ -46,6 +46,13 @@ enum { GD_ISA_BASELINE = 0, GD_ISA_X86_64_V3 = 1, GD_ISA_X86_64_V4 = 2 };
  * once when the library loads. */
 int gd_isa_level(void);
 
+/* A per-param scalar as the buffer stores it: float32-rounded unless the
+ * scalar state is float64. */
+static inline double gd_scalar_round(const gd_buffer *b, double x)
+{
+    return b->scalar_float64 ? x : (double)(float)x;
+}
+
 /* base^step, exactly pow(base, step), memoised per thread for the last few
  * (base, step) pairs (bias corrections of a batch at one step). */
 double gd_pow_step(double base, int64_t step);

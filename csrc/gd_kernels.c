@@ -30,12 +30,17 @@
 #define GD_LOAD(ptr, mask) (*(ptr))
 #define GD_STORE(ptr, value, mask) (*(ptr) = (value))
 #define GD_MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
+#define GD_GT(a, b) ((a) > (b))
+#define GD_LT(a, b) ((a) < (b))
+#define GD_EQ(a, b) ((a) == (b))
+#define GD_BLEND(m, a, b) ((m) ? (a) : (b))
 #define GD_SQRT_FAST(x) GD_SQRT(x)
 #define GD_SPLIT_PERIOD 1
 #define GD_SPLIT_FAST 0
 
 #define T float
 #define GD_SQRT(x) sqrtf(x)
+#define GD_ABS(x) fabsf(x)
 #define GD_TARGET
 #define GD_NAME(x) x##_f32_base
 #include "gd_optimizers.inc"
@@ -50,9 +55,11 @@
 #endif
 #undef T
 #undef GD_SQRT
+#undef GD_ABS
 
 #define T double
 #define GD_SQRT(x) sqrt(x)
+#define GD_ABS(x) fabs(x)
 #define GD_TARGET
 #define GD_NAME(x) x##_f64_base
 #include "gd_optimizers.inc"
@@ -67,6 +74,7 @@
 #endif
 #undef T
 #undef GD_SQRT
+#undef GD_ABS
 
 #undef V
 #undef GD_W
@@ -76,6 +84,10 @@
 #undef GD_LOAD
 #undef GD_STORE
 #undef GD_MAX_NAN
+#undef GD_GT
+#undef GD_LT
+#undef GD_EQ
+#undef GD_BLEND
 #undef GD_SQRT_FAST
 #undef GD_SPLIT_PERIOD
 #undef GD_SPLIT_FAST
@@ -102,6 +114,11 @@
 #define GD_SQRT(x) GD_OP(sqrt)(x)
 #define GD_SQRT_FAST(x) GD_OP(sqrt_newton)(x)
 #define GD_MAX_NAN(a, b) GD_OP(max_nan)(a, b)
+#define GD_ABS(x) GD_OP(abs)(x)
+#define GD_GT(a, b) GD_OP(gt)(a, b)
+#define GD_LT(a, b) GD_OP(lt)(a, b)
+#define GD_EQ(a, b) GD_OP(eq)(a, b)
+#define GD_BLEND(m, a, b) GD_OP(blend)(m, a, b)
 
 /* Which packs take the Newton root (tuning knobs: -DGD_F32_PERIOD=4
  * -DGD_F32_FAST=14 ...).  float64: vsqrtpd costs more than vdivpd, so three
@@ -153,6 +170,11 @@
 #undef GD_SQRT
 #undef GD_SQRT_FAST
 #undef GD_MAX_NAN
+#undef GD_ABS
+#undef GD_GT
+#undef GD_LT
+#undef GD_EQ
+#undef GD_BLEND
 #undef GD_TARGET
 #endif /* GD_HAVE_X86_DISPATCH */
 
@@ -163,16 +185,47 @@
 #define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_base, opt##_span_##dt##_base}
 #endif
 
-#define GD_ENTRY(opt)                                                          \
+/* After the elements: the new per-param scalars (kernels that keep some
+ * define <kernel>_advance in their body, outside the per-type part). */
+#define GD_ADVANCE_0(opt, options, buffers, count)
+#define GD_ADVANCE_1(opt, options, buffers, count)                           \
+    for (int64_t j = 0; j < (count); ++j)                                     \
+        opt##_advance((options), &(buffers)[j]);
+#define GD_ADVANCE_2 GD_ADVANCE_1
+
+#define GD_ENTRY(opt, index, nscalars)                                         \
     void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
-                  const gd_buffer *buffers, int64_t count)                    \
+                  gd_buffer *buffers, int64_t count)                          \
     {                                                                         \
         static const gd_span_fn spans[2][3] = {GD_SPANS(opt, f32),            \
                                                GD_SPANS(opt, f64)};           \
         gd_run(spans[dtype != GD_FLOAT32][gd_isa_level()], options, buffers,  \
                count);                                                        \
+        GD_ADVANCE_##nscalars(opt, options, buffers, count)                   \
     }
-GD_ENTRY(sgd)
-GD_ENTRY(adagrad)
-GD_ENTRY(rmsprop)
-GD_ENTRY(adam)
+GD_FAMILY(GD_ENTRY)
+
+#define GD_CASE(opt, index, nscalars)                                          \
+    case index:                                                               \
+        gd_##opt(dtype, (const gd_##opt##_options *)options, buffers, count); \
+        return 0;
+int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+            int64_t count)
+{
+    switch (kernel) { GD_FAMILY(GD_CASE) }
+    return -1;
+}
+
+#define GD_NAME_OF(opt, index, nscalars) #opt,
+const char *gd_kernel_name(int kernel)
+{
+    static const char *names[] = {GD_FAMILY(GD_NAME_OF)};
+    return kernel >= 0 && kernel < GD_KERNEL_COUNT ? names[kernel] : NULL;
+}
+
+#define GD_SIZE_OF(opt, index, nscalars) sizeof(gd_##opt##_options) / sizeof(double),
+int gd_kernel_options(int kernel)
+{
+    static const int sizes[] = {GD_FAMILY(GD_SIZE_OF)};
+    return kernel >= 0 && kernel < GD_KERNEL_COUNT ? sizes[kernel] : -1;
+}

@@ -9,7 +9,9 @@
  * caller (gdcore/_core.pyx) checks that before calling.
  *
  * Kernels never allocate, never fail and never touch Python: they are called
- * with the GIL released.  Hyperparameters arrive as double; per-step scalars
+ * with the GIL released.  Each kernel's options struct, like everything
+ * else about an optimizer but its element update, is declared in
+ * gdcore/family.py.  Hyperparameters arrive as double; per-step scalars
  * (bias corrections, step sizes) are derived in double and cast once to the
  * element type.
  */
@@ -30,40 +32,37 @@ typedef struct gd_buffer {
     void *state[3];       /* IN/OUT: optimizer-specific, NULL when unused     */
     int64_t n;            /* number of elements                               */
     int64_t step;         /* 1-based number of this step (after increment)    */
+    double scalar[2];     /* IN/OUT: per-param scalar state (NAdam mu_product;
+                           * ASGD eta, mu): read before the update, replaced
+                           * by the new values after it                       */
+    int scalar_float64;   /* scalar state is float64 (else it is kept rounded
+                           * to float32, torch's default scalar dtype)        */
 } gd_buffer;
 
-/* State slots: SGD {momentum_buffer}; Adagrad {sum};
- * RMSprop {square_avg, momentum_buffer, grad_avg}; Adam {exp_avg, exp_avg_sq,
- * max_exp_avg_sq}. */
+/* The options structs (gd_<kernel>_options: every field a double, in the
+ * order gdcore/family.py declares them) and GD_FAMILY(X), the list of
+ * kernels, are generated from gdcore/family.py.  State slots follow the
+ * declaration's state order. */
+#include "gd_family.h"
 
-typedef struct gd_sgd_options {
-    double lr, momentum, dampening, weight_decay;
-    int nesterov, maximize;
-} gd_sgd_options;
+/* One entry point per kernel: gd_sgd, gd_adagrad, ..., each
+ *   void gd_<kernel>(gd_dtype dtype, const gd_<kernel>_options *options,
+ *                    gd_buffer *buffers, int64_t count);
+ * buffers are IN/OUT only through their pointers and scalar[]. */
+#define GD_DECLARE_ENTRY(opt, index, nscalars)                                \
+    void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
+                  gd_buffer *buffers, int64_t count);
+GD_FAMILY(GD_DECLARE_ENTRY)
+#undef GD_DECLARE_ENTRY
 
-typedef struct gd_adagrad_options {
-    double lr, lr_decay, weight_decay, eps;
-    int maximize;
-} gd_adagrad_options;
-
-typedef struct gd_rmsprop_options {
-    double lr, alpha, eps, weight_decay, momentum;
-    int centered, maximize;
-} gd_rmsprop_options;
-
-typedef struct gd_adam_options {
-    double lr, beta1, beta2, eps, weight_decay;
-    int amsgrad, maximize, decoupled_weight_decay;
-} gd_adam_options;
-
-void gd_sgd(gd_dtype dtype, const gd_sgd_options *options,
-            const gd_buffer *buffers, int64_t count);
-void gd_adagrad(gd_dtype dtype, const gd_adagrad_options *options,
-                const gd_buffer *buffers, int64_t count);
-void gd_rmsprop(gd_dtype dtype, const gd_rmsprop_options *options,
-                const gd_buffer *buffers, int64_t count);
-void gd_adam(gd_dtype dtype, const gd_adam_options *options,
-             const gd_buffer *buffers, int64_t count);
+/* The same, by kernel index (the position in GD_FAMILY) with the options as
+ * an array of doubles; returns -1 for an unknown kernel. */
+int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+            int64_t count);
+/* Kernel name and options count by index (NULL / -1 out of range): lets a
+ * caller check that it was built against the same declarations. */
+const char *gd_kernel_name(int kernel);
+int gd_kernel_options(int kernel);
 
 /* Benchmark roofline probe: per element, read `nread` of (param, grad,
  * state[0], state[1], state[2]) and write `nwrite` of (param, state[0..2]);

@@ -2,17 +2,21 @@
 
 Two layers over the same C kernels:
   gdcore.functional   stateless steps on explicit buffers (sgd, adam, ...)
-  gdcore.SGD, ...     optimizer classes with torch.optim's names, defaults,
+  gdcore.SGD, ...     optimizer classes (every torch.optim per-element
+                      optimizer: SGD, Adagrad, RMSprop, Adam, AdamW,
+                      Adadelta, Adamax, ASGD, NAdam, RAdam, Rprop) with torch.optim's names, defaults,
                       param groups, state and state_dict
 """
 import os as _os
 
 from gdcore import functional
 from gdcore._core import build_info, get_num_threads, set_num_threads
-from gdcore.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from gdcore.family import FAMILY as _FAMILY
+from gdcore.optim import (SGD, ASGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam,  # noqa: F401
+                          Optimizer, RAdam, RMSprop, Rprop)
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer", "functional",
-           "set_num_threads", "get_num_threads", "build_info"]
+__all__ = [_decl.name for _decl in _FAMILY] + [
+    "Optimizer", "functional", "set_num_threads", "get_num_threads", "build_info"]
 __version__ = "0.1.0"
 
 

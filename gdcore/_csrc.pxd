@@ -1,4 +1,6 @@
-# Mirrors csrc/gdcore.h: the C interface of gdcore's kernels.
+# Mirrors csrc/gdcore.h: the C interface of gdcore's kernels.  The options
+# structs are generated from gdcore/family.py and reach C as double arrays
+# (gd_step), so they need no mirror here.
 from libc.stdint cimport int64_t
 
 cdef extern from "gdcore.h" nogil:
@@ -12,27 +14,16 @@ cdef extern from "gdcore.h" nogil:
         void *state[3]
         int64_t n
         int64_t step
+        double scalar[2]
+        int scalar_float64
 
-    ctypedef struct gd_sgd_options:
-        double lr, momentum, dampening, weight_decay
-        int nesterov, maximize
+    int GD_KERNEL_COUNT
+    int GD_MAX_OPTIONS
 
-    ctypedef struct gd_adagrad_options:
-        double lr, lr_decay, weight_decay, eps
-        int maximize
-
-    ctypedef struct gd_rmsprop_options:
-        double lr, alpha, eps, weight_decay, momentum
-        int centered, maximize
-
-    ctypedef struct gd_adam_options:
-        double lr, beta1, beta2, eps, weight_decay
-        int amsgrad, maximize, decoupled_weight_decay
-
-    void gd_sgd(gd_dtype dtype, const gd_sgd_options *options, const gd_buffer *buffers, int64_t count)
-    void gd_adagrad(gd_dtype dtype, const gd_adagrad_options *options, const gd_buffer *buffers, int64_t count)
-    void gd_rmsprop(gd_dtype dtype, const gd_rmsprop_options *options, const gd_buffer *buffers, int64_t count)
-    void gd_adam(gd_dtype dtype, const gd_adam_options *options, const gd_buffer *buffers, int64_t count)
+    int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+                int64_t count)
+    const char *gd_kernel_name(int kernel)
+    int gd_kernel_options(int kernel)
 
     void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers, int64_t count)
 

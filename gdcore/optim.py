@@ -15,6 +15,10 @@ microsecond); the plan re-checks grads and hyperparameters on every step
 and hands back to the general path whenever anything it relies on changed.
 Hyperparameters are checked at construction and at every step, so a
 schedule that writes an invalid ``group["lr"]`` fails loudly.
+
+Nothing here is written per optimizer: each class is built from its
+declaration in gdcore/family.py (signature, defaults, checks, state and
+scalar state, docstring) by `_make_class`.
 """
 from collections.abc import MutableMapping
 import math
@@ -22,8 +26,9 @@ import math
 import numpy as np
 
 from gdcore import _core
+from gdcore.family import FAMILY
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["Optimizer"] + [decl.name for decl in FAMILY]
 
 
 # State buffers of at least this many bytes are also placed at a chosen
@@ -119,18 +124,22 @@ class ParamState(MutableMapping):
 class Optimizer:
     """Base of gdcore's optimizer classes (the torch.optim.Optimizer shape).
 
-    Subclasses set `_kind` (the kernel family in gdcore._core, which also
-    knows which state buffers a group's options need).
+    Subclasses set `_spec` (the compiled declaration, gdcore._core.SPECS),
+    which knows the checks, which state buffers a group's options need, and
+    the scalar state.
     """
 
+    _spec = None
     _kind = None
 
-    #: per-param state entries that hold arrays, in the kernel's order
+    #: per-param state entries that hold arrays: state buffers in the
+    #: kernel's order, then the scalar state (0-d arrays)
     _state_arrays = ()
     #: whether per-param state counts steps (torch's state["step"])
     _counts_steps = True
 
     def __init__(self, params, defaults):
+        _core.check_group(self._spec, defaults)         # hyperparameters first, as torch
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = ParamState()
@@ -187,7 +196,7 @@ class Optimizer:
         self._plan = None
 
     def _check(self, group):
-        _core.check_group(self._kind, group)
+        _core.check_group(self._spec, group)
 
     # --------------------------------------------------------------- step
     def step(self, grads):
@@ -200,6 +209,7 @@ class Optimizer:
             except TypeError:
                 raise TypeError(f"grads must be a sequence with one grad per param, not "
                                 f"{type(grads).__name__}") from None
+        grads = _core.as_grads(grads)           # the only user code a step runs
         plan = self._plan
         if plan is not None and plan.run(grads):
             self.last_step_created_state = False
@@ -210,11 +220,12 @@ class Optimizer:
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} grads for {total} params "
                              "(one per param, None to skip one)")
+        spec = self._spec
         pending = []                    # (batch, [(param, state, is_new, added)])
         position = 0
         for group in self.param_groups:
-            needed = _core.slots_in_use(self._kind, group)      # also checks the group
-            params, group_grads, views, added_list, index, touched = [], [], [], [], [], []
+            needed = _core.check_group(spec, group)            # also checks the group
+            params, group_grads, views, steps, index, touched = [], [], [], [], [], []
             for p in group["params"]:
                 g = grads[position]
                 if g is not None:
@@ -223,18 +234,24 @@ class Optimizer:
                     if is_new:
                         state = {"step": 0} if self._counts_steps else {}
                     added = {name: _aligned_full(p, self._initial_value(name, group),
-                                                 self._state_arrays.index(name))
+                                                 spec.slot_names.index(name))
                              for name in needed if name not in state}
+                    new_buffers = bool(added)
+                    for scalar in spec.decl.scalars:
+                        if scalar.name not in state:
+                            added[scalar.name] = np.array(
+                                float(_initial(scalar.init, group)), dtype=np.float32)
                     params.append(p)
                     group_grads.append(g)
                     views.append({**state, **added} if added else state)
-                    added_list.append(added)
+                    steps.append(state["step"] + 1 if self._counts_steps else
+                                 1 if new_buffers else 2)
                     index.append(position)
                     touched.append((p, state, is_new, added))
                 position += 1
             if params:
-                batch = _core.group_batch(self._kind, group, params, group_grads, views,
-                                          self._step_numbers(views, added_list), index)
+                batch = _core.group_batch(spec, group, params, group_grads, views, steps,
+                                          index)
                 pending.append((batch, touched))
         # Everything checked: commit state, then run.
         for _, touched in pending:
@@ -249,23 +266,17 @@ class Optimizer:
             batch.run()
         if len(self.state) == total:                # every param has state
             try:
-                self._plan = _core.Plan.build(self._kind, self.param_groups,
-                                              self.state._by_id, self._counts_steps)
+                self._plan = _core.Plan.build(spec, self.param_groups, self.state._by_id)
             except (TypeError, ValueError):
                 # state the user replaced by something a plan cannot hold: keep
                 # to the general path, which checks (and reports) it every step
                 self._plan = None
 
-    @staticmethod
-    def _initial_value(name, group):
+    def _initial_value(self, name, group):
         """What a new state buffer starts as (new buffers are added to the
         state only once the whole step is known to be valid)."""
-        return 0
-
-    @staticmethod
-    def _step_numbers(states, added):
-        """The 1-based number of the step about to run, per param."""
-        return [state["step"] + 1 for state in states]
+        return float(_initial(self._spec.decl.state[self._spec.slot_names.index(name)].init,
+                              group))
 
     # --------------------------------------------------------- state dict
     def state_dict(self):
@@ -319,9 +330,11 @@ class Optimizer:
             p = numbering[key]
             loaded = {}
             for name, value in entry.items():
-                if name in self._state_arrays:
+                if name in self._spec.slot_names:
                     loaded[name] = _aligned_copy(value, p, f"state[{key}][{name!r}]",
-                                                 self._state_arrays.index(name))
+                                                 self._spec.slot_names.index(name))
+                elif name in self._spec.scalar_names:
+                    loaded[name] = _scalar_copy(value, f"state[{key}][{name!r}]")
                 elif name == "step":
                     step = float(value) if not isinstance(value, (int, np.integer)) else value
                     if not (step >= 0 and float(step).is_integer()):
@@ -361,152 +374,64 @@ def _check_disjoint(params):
                              "each param must be a distinct buffer")
 
 
-# --------------------------------------------------------------------- SGD
-class SGD(Optimizer):
-    r"""Stochastic gradient descent, optionally with momentum (torch.optim.SGD).
-
-    Full-batch gradient descent is SGD fed the full gradient.
-
-    .. math::
-        d = \pm g + \lambda\theta;\quad
-        b_1 = d,\ b_t = \mu b_{t-1} + (1-\tau) d;\quad
-        \theta \leftarrow \theta - \gamma\,(d + \mu b_t\ \text{if nesterov else}\ b_t)
-
-    lr :math:`\gamma` (default 1e-3), momentum :math:`\mu` (0), dampening
-    :math:`\tau` (0), weight_decay :math:`\lambda` (0), nesterov (False),
-    maximize (False).  State: ``momentum_buffer`` when momentum != 0.
-
-    Example (gradient descent on (theta - 3)^2)::
-
-        theta = np.array(0.0)
-        opt = gdcore.SGD([theta], lr=0.1)
-        for _ in range(100):
-            opt.step([2 * (theta - 3)])
-    """
-
-    _kind = "SGD"
-    _state_arrays = ("momentum_buffer",)
-    _counts_steps = False
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False):
-        _core.check_sgd(lr, momentum, dampening, weight_decay, nesterov)
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
-
-    @staticmethod
-    def _step_numbers(states, added):
-        # torch: the first step sets the momentum buffer to the gradient.
-        return [1 if "momentum_buffer" in new else 2 for new in added]
+def _initial(init, group):
+    """A declared initial value: a number, or the name of a hyperparameter."""
+    return group[init] if isinstance(init, str) else init
 
 
-# ----------------------------------------------------------------- Adagrad
-class Adagrad(Optimizer):
-    r"""Adagrad (torch.optim.Adagrad).
-
-    .. math::
-        g \leftarrow \pm g + \lambda\theta;\quad s \leftarrow s + g^2;\quad
-        \theta \leftarrow \theta - \frac{\gamma}{1+(t-1)\eta}\frac{g}{\sqrt{s}+\epsilon}
-
-    lr :math:`\gamma` (1e-2), lr_decay :math:`\eta` (0), weight_decay
-    :math:`\lambda` (0), initial_accumulator_value (0, the start of
-    :math:`s`), eps (1e-10), maximize (False).  State: ``step``, ``sum``.
-    """
-
-    _kind = "Adagrad"
-    _state_arrays = ("sum",)
-
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
-                 initial_accumulator_value=0, eps=1e-10, *, maximize=False):
-        _core.check_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize))
-
-    @staticmethod
-    def _initial_value(name, group):
-        return group["initial_accumulator_value"]
+def _scalar_copy(value, name):
+    """Scalar state from a state dict (number, 0-d array or tensor) as a 0-d
+    array: float64 stays float64, anything else becomes float32 (torch's
+    default scalar dtype)."""
+    try:
+        array = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{name} must be a real number") from None
+    if array.size != 1 or array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    dtype = np.float64 if array.dtype == np.float64 else np.float32
+    return np.array(array.reshape(()), dtype=dtype)
 
 
-# ----------------------------------------------------------------- RMSprop
-class RMSprop(Optimizer):
-    r"""RMSprop (torch.optim.RMSprop).
-
-    .. math::
-        g \leftarrow \pm g + \lambda\theta;\quad v \leftarrow \alpha v + (1-\alpha)g^2;
-        \quad a = \sqrt{v - \bar g^2} + \epsilon\ \text{(centered, with}\
-        \bar g \leftarrow \alpha\bar g + (1-\alpha) g)\ \text{else}\ \sqrt{v}+\epsilon
-
-        b \leftarrow \mu b + g/a,\ \theta \leftarrow \theta - \gamma b\ (\mu > 0);
-        \ \text{else}\ \theta \leftarrow \theta - \gamma g/a
-
-    lr :math:`\gamma` (1e-2), alpha (0.99), eps (1e-8, added outside the
-    square root as in torch), weight_decay :math:`\lambda` (0), momentum
-    :math:`\mu` (0), centered (False), maximize (False).  State: ``step``,
-    ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
-    (centered).
-    """
-
-    _kind = "RMSprop"
-    _state_arrays = ("square_avg", "momentum_buffer", "grad_avg")
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False):
-        _core.check_rmsprop(lr, alpha, eps, weight_decay, momentum)
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered,
-                                      maximize=maximize))
+def _class_docstring(decl):
+    lines = [decl.summary, "", ".. math::"]
+    lines += ["    " + line for line in decl.math.strip("\n").splitlines()]
+    if decl.notes:
+        lines += ["", decl.notes]
+    lines += ["", "Hyperparameters (torch.optim's names and defaults):"]
+    for h in decl.hyper:
+        if not h.fixed:
+            lines.append(f"    {h.name}={h.default!r}: {h.doc}.")
+    state = (["step"] if decl.counts_steps else []) + [
+        s.name + (f" (when {s.needs})" if s.needs else "") for s in decl.state] + [
+        f"{s.name} (0-d array)" for s in decl.scalars]
+    lines += ["", "State per param: " + ", ".join(state) + "."]
+    return "\n".join(lines)
 
 
-
-# -------------------------------------------------------------------- Adam
-class Adam(Optimizer):
-    r"""Adam (torch.optim.Adam), with optional AMSGrad and decoupled weight decay.
-
-    .. math::
-        g \leftarrow \pm g\ (+\lambda\theta);\quad
-        m \leftarrow \beta_1 m + (1-\beta_1) g;\quad
-        v \leftarrow \beta_2 v + (1-\beta_2) g^2
-
-        \theta \leftarrow \theta - \frac{\gamma}{1-\beta_1^t}
-            \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon},\quad
-        \hat v = \max(\hat v, v)\ \text{(amsgrad) else}\ v
-
-    lr :math:`\gamma` (1e-3), betas (0.9, 0.999), eps (1e-8), weight_decay
-    :math:`\lambda` (0; with decoupled_weight_decay=True it is applied as
-    :math:`\theta \leftarrow (1-\gamma\lambda)\theta` and not added to g),
-    amsgrad (False), maximize (False).  State: ``step``, ``exp_avg``,
-    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
-
-    Example::
-
-        theta = np.array(0.0, dtype=np.float32)
-        opt = gdcore.Adam([theta], lr=0.01)
-        for _ in range(1000):
-            opt.step([2 * (theta - 3)])
-    """
-
-    _kind = "Adam"
-    _state_arrays = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False):
-        betas = _core.check_adam(lr, betas, eps, weight_decay)
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay))
+def _make_class(decl):
+    """The NumPy optimizer class of a declaration, with torch's signature
+    (minus torch's implementation selectors foreach, fused, capturable,
+    differentiable)."""
+    arguments = [h for h in decl.hyper if not h.fixed]
+    positional = [f"{h.name}={h.default!r}" for h in arguments if not h.keyword_only]
+    keyword = [f"{h.name}={h.default!r}" for h in arguments if h.keyword_only]
+    signature = ", ".join(["self", "params"] + positional + (["*"] + keyword if keyword else []))
+    values = ", ".join([f"{h.name}={h.name}" for h in arguments]
+                       + [f"{h.name}={h.default!r}" for h in decl.hyper if h.fixed])
+    source = (f"def __init__({signature}):\n"
+              f"    Optimizer.__init__(self, params, dict({values}))\n")
+    scope = {"Optimizer": Optimizer}
+    exec(compile(source, f"<gdcore.optim.{decl.name}>", "exec"), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{decl.name}.__init__"
+    spec = _core.SPECS[decl.name]
+    return type(decl.name, (Optimizer,), {
+        "__init__": init, "__doc__": _class_docstring(decl), "__module__": __name__,
+        "_spec": spec, "_kind": decl.name, "_counts_steps": decl.counts_steps,
+        "_state_arrays": spec.slot_names + spec.scalar_names})
 
 
-
-class AdamW(Adam):
-    r"""AdamW (torch.optim.AdamW): Adam with decoupled weight decay,
-    :math:`\theta \leftarrow (1-\gamma\lambda)\theta` before the Adam update,
-    default weight_decay 1e-2."""
-
-    _kind = "AdamW"
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+for _decl in FAMILY:
+    globals()[_decl.name] = _make_class(_decl)
+del _decl

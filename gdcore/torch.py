@@ -1,7 +1,9 @@
 """gdcore as a drop-in fast backend for PyTorch.
 
-``gdcore.torch.SGD``, ``.Adagrad``, ``.RMSprop``, ``.Adam`` and ``.AdamW`` are
-subclasses of the torch.optim class of the same name: same constructor
+``gdcore.torch.SGD``, ``.Adagrad``, ``.RMSprop``, ``.Adam``, ``.AdamW``,
+``.Adadelta``, ``.Adamax``, ``.ASGD``, ``.NAdam``, ``.RAdam`` and ``.Rprop``
+(one per declaration of gdcore/family.py) are subclasses of the torch.optim
+class of the same name: same constructor
 (signature, defaults, validation, messages), same ``param_groups``, the same
 ``state`` (torch tensors under torch's names, ``step`` as torch stores it),
 so ``state_dict()`` / ``load_state_dict()``, ``zero_grad``,
@@ -36,8 +38,9 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from gdcore import _core
 from gdcore import optim as _engines
+from gdcore.family import FAMILY
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = [decl.name for decl in FAMILY]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -152,7 +155,7 @@ class _GdcoreBackend:
     def _gd_build(self):
         """A gdcore engine over NumPy views of the supported params, its state
         views of torch's state tensors."""
-        engine_keys = _core.hyperparameter_names(self._engine_class._kind)
+        engine_keys = self._engine_class._spec.keys
         self._gd_pairs = []             # (engine group, torch group)
         self._gd_params = []            # supported params, engine order
         self._gd_views = []
@@ -335,8 +338,7 @@ def _doc(name):
             "raising.  See gdcore.torch for what is shared with torch.")
 
 
-SGD = _make("SGD", torch.optim.SGD, _engines.SGD, _doc("SGD"))
-Adagrad = _make("Adagrad", torch.optim.Adagrad, _engines.Adagrad, _doc("Adagrad"))
-RMSprop = _make("RMSprop", torch.optim.RMSprop, _engines.RMSprop, _doc("RMSprop"))
-Adam = _make("Adam", torch.optim.Adam, _engines.Adam, _doc("Adam"))
-AdamW = _make("AdamW", torch.optim.AdamW, _engines.AdamW, _doc("AdamW"))
+for _decl in FAMILY:
+    globals()[_decl.name] = _make(_decl.name, getattr(torch.optim, _decl.name),
+                                  getattr(_engines, _decl.name), _doc(_decl.name))
+del _decl

@@ -247,7 +247,7 @@ def test_functional_other_optimizers_name_their_buffers():
     p = np.ones(3)
     with pytest.raises(ValueError, match="momentum_buffer"):
         F.sgd(p, np.ones(3), momentum=0.9, step=1)
-    with pytest.raises(ValueError, match="momentum=0.9 needs step"):
+    with pytest.raises(ValueError, match="step is needed with momentum != 0"):
         F.sgd(p, np.ones(3), np.zeros(3), momentum=0.9)
     with pytest.raises(ValueError, match=r"sum has shape \(2,\)"):
         F.adagrad(p, np.ones(3), np.zeros(2), step=1)
