@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gdcore
+from gdcore.family import BY_NAME, FAMILY  # noqa: F401
 
 DTYPES = [np.float32, np.float64]
 
@@ -37,42 +38,22 @@ SIZES = [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 1023, 2**20 + 3]
 NSTEPS = 20
 
 
-def _product(**axes):
-    names = list(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
-
-
-def _sgd_configs():
+def _configs(decl):
+    """Every combination of the declared test values (gdcore/family.py) that
+    passes the optimizer's checks, then the declared extra configurations:
+    every option, and every combination of options that changes the math."""
+    axes = [h for h in decl.hyper if not h.fixed]
     out = []
-    for c in _product(momentum=[0.0, 0.9], dampening=[0.0, 0.3], nesterov=[False, True],
-                      weight_decay=[0.0, 0.1], maximize=[False, True]):
-        if c["nesterov"] and (c["momentum"] == 0 or c["dampening"] != 0):
-            continue
-        if c["momentum"] == 0 and c["dampening"] != 0:
-            continue            # dampening acts on the momentum buffer only
-        out.append(dict(lr=0.05, **c))
-    return out
+    for values in itertools.product(*(h.test for h in axes)):
+        config = {h.name: v for h, v in zip(axes, values)}
+        if decl.valid({**decl.defaults(), **config}):
+            out.append({k: v for k, v in config.items()
+                        if k == "lr" or v != decl.defaults()[k]})
+    return out + [dict(c) for c in decl.extra_configs]
 
 
-# Every option, and every combination that changes the math.
-CONFIGS = {
-    "SGD": _sgd_configs(),
-    "Adagrad": [dict(lr=0.1, **c) for c in _product(
-        lr_decay=[0.0, 0.05], weight_decay=[0.0, 0.1], initial_accumulator_value=[0.0, 0.1],
-        maximize=[False, True])],
-    "RMSprop": [dict(lr=0.01, **c) for c in _product(
-        weight_decay=[0.0, 0.1], momentum=[0.0, 0.9], centered=[False, True],
-        maximize=[False, True])] + [
-        dict(lr=0.01, alpha=0.3, centered=True, momentum=0.5),   # lerp weight >= 0.5
-        dict(lr=0.01, alpha=0.9, eps=1e-3)],
-    "Adam": [dict(lr=0.01, **c) for c in _product(
-        amsgrad=[False, True], weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True],
-        maximize=[False, True])] + [
-        dict(lr=0.01, betas=(0.3, 0.9)),                            # lerp weight >= 0.5
-        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-3, amsgrad=True)],
-    "AdamW": [dict(lr=0.01, **c) for c in _product(
-        amsgrad=[False, True], weight_decay=[0.0, 0.1, 1e-2], maximize=[False, True])],
-}
+CONFIGS = {decl.name: _configs(decl) for decl in FAMILY}
+SCALARS = {decl.name: {s.name for s in decl.scalars} for decl in FAMILY}
 
 
 def config_id(config):

@@ -9,13 +9,15 @@ import pytest
 
 import gdcore
 import gdcore.functional as F
-from conftest import CONFIGS, DTYPES
+from conftest import BY_NAME, CONFIGS, DTYPES
 
 NAMES = list(CONFIGS)
 
 
 def bits(a):
     a = np.ascontiguousarray(a)
+    if a.ndim == 0:
+        a = a.reshape(1)
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 
@@ -61,34 +63,57 @@ def test_thread_count_does_not_change_bits(name, sizes, dtype, threads):
                 assert_bitwise(value, opt_two.state[b][key], f"state[{k}][{key}]")
 
 
+def functional_args(name, config, params):
+    """State for the functional API of optimizer `name`, from its
+    declaration: (state lists by slot, None where unused; scalar lists;
+    the config minus init-only hyperparameters, pairs split as declared)."""
+    decl = BY_NAME[name]
+    values = {**decl.defaults(), **config}
+    slots = []
+    for s in decl.state:
+        if s.when is None or s.when(values):
+            init = values[s.init] if isinstance(s.init, str) else s.init
+            slots.append([np.full_like(p, init) for p in params])
+        else:
+            slots.append(None)
+    scalars = [[np.array(values[s.init] if isinstance(s.init, str) else s.init, np.float32)
+                for _ in params] for s in decl.scalars]
+    kwargs = {}
+    for h in decl.hyper:
+        if h.name in config and not h.init_only:
+            if h.split:
+                kwargs.update(zip(h.c, config[h.name]))
+            else:
+                kwargs[h.name] = config[h.name]
+    return slots, scalars, kwargs
+
+
+def call_functional(name, params, grads, slots, scalars, step, kwargs, multi):
+    decl = BY_NAME[name]
+    function = getattr(F, decl.function + ("_multi" if multi else ""))
+    pick = (lambda lst: lst) if multi else (lambda lst: lst[0])
+    args = [pick(params), pick(grads)]
+    named = {}
+    for s, lst in zip(decl.state, slots):
+        if s.when is None:
+            args.append(pick(lst))
+        elif lst is not None:
+            named[s.plural if multi else s.name] = pick(lst)
+    args += [pick(lst) for lst in scalars]
+    if decl.step != "unused":
+        named["steps" if multi else "step"] = step
+    function(*args, **named, **kwargs)
+
+
 def functional_run(name, config, p0, grads):
     """Drive the functional API by hand, with explicitly allocated state."""
-    config = dict(config)
     p = p0.copy()
-    zeros = lambda: np.zeros_like(p)  # noqa: E731
-    state = {}
+    slots, scalars, kwargs = functional_args(name, config, [p])
     for t, g in enumerate(grads, start=1):
-        if name == "SGD":
-            if config.get("momentum", 0):
-                buf = state.setdefault("momentum_buffer", zeros())
-                F.sgd(p, g, buf, step=t, **config)
-            else:
-                F.sgd(p, g, **config)
-        elif name == "Adagrad":
-            c = dict(config)
-            init = c.pop("initial_accumulator_value", 0.0)
-            s = state.setdefault("sum", np.full_like(p, init))
-            F.adagrad(p, g, s, step=t, **c)
-        elif name == "RMSprop":
-            sq = state.setdefault("square_avg", zeros())
-            mb = state.setdefault("momentum_buffer", zeros()) if config.get("momentum", 0) else None
-            ga = state.setdefault("grad_avg", zeros()) if config.get("centered") else None
-            F.rmsprop(p, g, sq, mb, ga, **config)
-        else:
-            m = state.setdefault("exp_avg", zeros())
-            v = state.setdefault("exp_avg_sq", zeros())
-            vmax = state.setdefault("max_exp_avg_sq", zeros()) if config.get("amsgrad") else None
-            (F.adamw if name == "AdamW" else F.adam)(p, g, m, v, vmax, step=t, **config)
+        call_functional(name, [p], [g], slots, scalars, t, kwargs, multi=False)
+    decl = BY_NAME[name]
+    state = {s.name: lst[0] for s, lst in zip(decl.state, slots) if lst is not None}
+    state.update({s.name: lst[0] for s, lst in zip(decl.scalars, scalars)})
     return p, state
 
 
@@ -104,23 +129,6 @@ def test_class_and_functional_agree_bitwise(name, dtype):
             assert_bitwise(opt.state[p_class][key], value, f"{key} {config}")
 
 
-MULTI = {
-    "SGD": lambda ps, gs, st, t, c: F.sgd_multi(ps, gs, st[0] if c.get("momentum") else None,
-                                                steps=t, **c),
-    "Adam": lambda ps, gs, st, t, c: F.adam_multi(ps, gs, st[0], st[1],
-                                                  st[2] if c.get("amsgrad") else None,
-                                                  steps=t, **c),
-    "AdamW": lambda ps, gs, st, t, c: F.adamw_multi(ps, gs, st[0], st[1],
-                                                    st[2] if c.get("amsgrad") else None,
-                                                    steps=t, **c),
-    "RMSprop": lambda ps, gs, st, t, c: F.rmsprop_multi(
-        ps, gs, st[0], st[1] if c.get("momentum") else None, st[2] if c.get("centered") else None,
-        **c),
-    "Adagrad": lambda ps, gs, st, t, c: F.adagrad_multi(
-        ps, gs, st[0], steps=t, **{k: v for k, v in c.items() if k != "initial_accumulator_value"}),
-}
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("name", NAMES)
 def test_multi_equals_one_call_per_buffer(name, dtype, threads):
@@ -129,17 +137,20 @@ def test_multi_equals_one_call_per_buffer(name, dtype, threads):
     sizes = [0, 1, 17, 1000, 100003, 33]
     params0, grads = problem(sizes, dtype, steps=3, seed=9)
     multi = [p.copy() for p in params0]
-    multi_state = [[np.zeros_like(p) for p in params0] for _ in range(3)]
+    multi_slots, multi_scalars, kwargs = functional_args(name, config, multi)
     single = [p.copy() for p in params0]
-    single_state = [[np.zeros_like(p) for p in params0] for _ in range(3)]
+    single_slots, single_scalars, _ = functional_args(name, config, single)
     for t, gs in enumerate(grads, start=1):
-        MULTI[name](multi, gs, multi_state, t, config)
+        call_functional(name, multi, gs, multi_slots, multi_scalars, t, kwargs, multi=True)
         for k in range(len(sizes)):
-            MULTI[name]([single[k]], [gs[k]], [[s[k]] for s in single_state], t, config)
+            call_functional(name, [single[k]], [gs[k]],
+                            [None if s is None else [s[k]] for s in single_slots],
+                            [[s[k]] for s in single_scalars], t, kwargs, multi=True)
     for k in range(len(sizes)):
         assert_bitwise(multi[k], single[k], f"params[{k}]")
-        for s in range(3):
-            assert_bitwise(multi_state[s][k], single_state[s][k], f"state {s} [{k}]")
+        for a, b in zip(multi_slots + multi_scalars, single_slots + single_scalars):
+            if a is not None:
+                assert_bitwise(a[k], b[k], f"state [{k}]")
 
 
 def test_multi_accepts_mixed_dtypes_and_per_buffer_steps():
