@@ -66,10 +66,12 @@ class Hyper:
 class Check:
     """A validation: `test(h)` must hold for the converted values h (NaN
     fails every comparison); `message` is formatted with the values as
-    given; `bad` is an example that fails it."""
+    given; `bad` is an example that fails it.  `torch`: torch.optim makes
+    the same check (False: gdcore is stricter, e.g. NaN)."""
 
-    def __init__(self, test, message, bad):
+    def __init__(self, test, message, bad, *, torch=True):
         self.test, self.message, self.bad = test, message, dict(bad)
+        self.torch = torch
 
 
 class State:
@@ -200,7 +202,8 @@ FAMILY = [
                       {"momentum": -0.9}),
                 WD_CHECK,
                 Check(lambda h: h["dampening"] == h["dampening"],
-                      "Invalid dampening value: {dampening}", {"dampening": float("nan")}),
+                      "Invalid dampening value: {dampening}", {"dampening": float("nan")},
+                      torch=False),
                 Check(lambda h: not h["nesterov"] or (h["momentum"] > 0 and h["dampening"] == 0),
                       "Nesterov momentum requires a momentum and zero dampening",
                       {"nesterov": True, "momentum": 0})],

@@ -1,12 +1,16 @@
 """Bad input: a table of cases, each with the exception type, a fragment of
 its message, and a check that nothing (params, state, step counters) changed."""
 import copy
+import re
 
 import numpy as np
 import pytest
 
 import gdcore
 import gdcore.functional as F
+from conftest import CONFIGS
+from gdcore.family import FAMILY
+from test_consistency import call_functional, functional_args
 
 f32, f64 = np.float32, np.float64
 
@@ -141,10 +145,10 @@ def assert_unchanged(before, opt, params):
             np.testing.assert_array_equal(sd["state"][k][key], value)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("grads,exc,fragment", [pytest.param(*c[1:], id=c[0]) for c in STEP])
 def test_step_rejects_and_changes_nothing(name, grads, exc, fragment):
-    config = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    config = CONFIGS[name][-1]                # the most state-hungry configuration
     opt, params = stepped(name, **config)
     before = snapshot(opt, params)
     with pytest.raises(exc, match=fragment):
@@ -314,3 +318,93 @@ def test_state_replaced_by_a_bad_array_is_reported_before_any_change():
     with pytest.raises(ValueError, match="overlap in memory"):
         opt.step(good_grads(params))
     assert_unchanged(before, opt, params)
+
+
+# ------------------------------- tables derived from the declarations
+# Every validation an optimizer declares (gdcore/family.py) with its example
+# bad value: the NumPy class (constructor or param group), the functional
+# API and torch.optim itself all reject it with the same message.
+DECLARED_CHECKS = [pytest.param(decl, check, id=f"{decl.name}-{'-'.join(check.bad)}")
+                   for decl in FAMILY for check in decl.checks]
+
+
+@pytest.mark.parametrize("decl,check", DECLARED_CHECKS)
+def test_declared_checks_reject_everywhere_with_torchs_message(decl, check):
+    message = check.message.format(**{**decl.defaults(), **check.bad})
+    fixed = any(h.fixed for h in decl.hyper if h.name in check.bad)
+    p = np.ones(3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(gdcore, decl.name)([{"params": [p], **check.bad}])
+    if not fixed:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            getattr(gdcore, decl.name)([p], **check.bad)
+        torch = pytest.importorskip("torch")
+    if not fixed and check.torch:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            getattr(torch.optim, decl.name)([torch.ones(3, requires_grad=True)], **check.bad)
+    init_only = any(h.init_only for h in decl.hyper if h.name in check.bad)
+    if not fixed and not init_only:
+        config = dict(CONFIGS[decl.name][0], **check.bad)
+        slots, scalars, kwargs = functional_args(decl.name, CONFIGS[decl.name][0], [p])
+        for h in decl.hyper:
+            if h.name in check.bad:
+                if h.split:
+                    kwargs.update(zip(h.c, config[h.name]))
+                else:
+                    kwargs[h.name] = config[h.name]
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call_functional(decl.name, [p], [np.ones(3)], slots, scalars, 1, kwargs, False)
+    np.testing.assert_array_equal(p, 1)
+
+
+def _functional_cases():
+    """Bad buffers for every state slot and scalar of every optimizer."""
+    for decl in FAMILY:
+        config = max(CONFIGS[decl.name],          # the config that uses the most state
+                     key=lambda c: len(decl.state_in_use({**decl.defaults(), **c})))
+        for s in range(len(decl.state)):
+            name = decl.state[s].name
+            yield decl, config, ("slot", s, "shape"), ValueError, f"{name} has shape (5,)"
+            yield decl, config, ("slot", s, "dtype"), TypeError, f"{name} has dtype float32"
+            yield decl, config, ("slot", s, "read-only"), ValueError, f"{name} is read-only"
+            yield decl, config, ("slot", s, "is param"), ValueError, "overlap in memory"
+        for s in range(len(decl.scalars)):
+            name = decl.scalars[s].name
+            yield decl, config, ("scalar", s, "float"), TypeError, f"{name} must be a 0-d"
+            yield decl, config, ("scalar", s, "int"), TypeError, f"{name} has dtype int64"
+            yield decl, config, ("scalar", s, "read-only"), ValueError, f"{name} is read-only"
+        if decl.step == "required":
+            yield decl, config, ("step", 0, 0), ValueError, "step must be >= 1"
+            yield decl, config, ("step", 0, 1.5), TypeError, "step must be an int"
+        yield decl, config, ("grad", 0, "shape"), ValueError, "grad has shape (5,)"
+
+
+@pytest.mark.parametrize("decl,config,bad,exc,fragment", [
+    pytest.param(*case, id=f"{case[0].name}-{case[2][0]}{case[2][1]}-{case[2][2]}")
+    for case in _functional_cases()])
+def test_functional_rejects_bad_buffers_and_changes_nothing(decl, config, bad, exc, fragment):
+    p = np.linspace(-1, 1, 4)
+    g = np.full(4, 0.25)
+    slots, scalars, kwargs = functional_args(decl.name, config, [p])
+    kind, s, what = bad
+    step = 1
+    if kind == "slot":
+        good = slots[s][0]
+        slots[s] = [{"shape": np.zeros(5), "dtype": good.astype(np.float32),
+                     "read-only": readonly(good.copy()), "is param": p}[what]]
+    elif kind == "scalar":
+        good = scalars[s][0]
+        scalars[s] = [{"float": float(good), "int": np.array(1),
+                       "read-only": readonly(good.copy())}[what]]
+    elif kind == "step":
+        step = what
+    else:
+        g = np.ones(5)
+    before = [p.copy()] + [lst[0].copy() for lst in slots + scalars
+                           if lst is not None and isinstance(lst[0], np.ndarray)]
+    with pytest.raises(exc, match=re.escape(fragment)):
+        call_functional(decl.name, [p], [g], slots, scalars, step, kwargs, multi=False)
+    after = [p] + [lst[0] for lst in slots + scalars
+                   if lst is not None and isinstance(lst[0], np.ndarray)]
+    for x, y in zip(before, after):
+        np.testing.assert_array_equal(x, y)
