@@ -1,21 +1,27 @@
 """What the benchmarks measure: optimizer settings, sizes, model shapes, and
 the bytes each optimizer must move per element."""
 
-# One representative setting per optimizer (torch's defaults but for SGD,
-# where momentum is what people run).
-OPTIMIZERS = {
-    "SGD": dict(lr=0.01, momentum=0.9),
-    "Adagrad": dict(lr=0.01),
-    "RMSprop": dict(lr=0.01),
-    "Adam": dict(lr=1e-3),
-    "AdamW": dict(lr=1e-3),
-}
+from gdcore.family import FAMILY
 
-# (arrays read, arrays written) per element by one step of the setting above:
-# SGD+momentum reads p, g, buf and writes p, buf; Adam reads p, g, m, v and
-# writes p, m, v.  Bytes per element = (reads + writes) * itemsize.
-TRAFFIC = {"SGD": (3, 2), "Adagrad": (3, 2), "RMSprop": (3, 2), "Adam": (4, 3),
-           "AdamW": (4, 3)}
+# One representative setting per optimizer, from its declaration
+# (gdcore/family.py: torch's defaults but for SGD, where momentum is what
+# people run, and ASGD, whose averaging is on from step 2).
+OPTIMIZERS = {decl.name: dict(decl.bench) for decl in FAMILY}
+
+
+def _traffic(decl):
+    """(arrays read, arrays written) per element by one step of the setting
+    above: the param and grad, plus every state buffer the setting uses,
+    read and written (ASGD with averaging on reads ax too).  Bytes per
+    element = (reads + writes) * itemsize."""
+    used = len(decl.state_in_use({**decl.defaults(), **decl.bench}))
+    return 2 + used, 1 + used
+
+
+TRAFFIC = {decl.name: _traffic(decl) for decl in FAMILY}
+# The optimizers torch has no compiled CPU kernel for (and no other library
+# either): their targets are against torch foreach.
+UNFUSED = ["Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "Rprop"]
 
 SIZES_QUICK = [4096, 65536, 1 << 20]
 SIZES_FULL = [4096, 65536, 1 << 20, 1 << 24]

@@ -13,6 +13,7 @@ import numpy as np
 
 import gdcore
 import gdcore.functional as F
+from gdcore.family import BY_NAME
 from gdcore.optim import _aligned_empty
 
 try:
@@ -55,34 +56,33 @@ def gdcore_class(name, config, params, grads):
 
 
 def gdcore_functional(name, config, params, grads):
-    """The *_multi functional form with explicitly held state."""
+    """The *_multi functional form with explicitly held state, allocated
+    from the optimizer's declaration (gdcore/family.py)."""
+    decl = BY_NAME[name]
+    values = {**decl.defaults(), **config}
     params = [aligned_copy(p) for p in params]
-    zeros = lambda: [aligned_copy(np.zeros_like(p)) for p in params]  # noqa: E731
+    args, named = [params, grads], {}
+    for s in decl.state:
+        if s.when is None or s.when(values):
+            init = values[s.init] if isinstance(s.init, str) else s.init
+            buffers = [aligned_copy(np.full_like(p, init)) for p in params]
+            if s.when is None:
+                args.append(buffers)
+            else:
+                named[s.plural] = buffers
+    args += [[np.array(float(values[s.init] if isinstance(s.init, str) else s.init),
+                       np.float32) for _ in params] for s in decl.scalars]
+    for h in decl.hyper:
+        if h.name in config and not h.init_only:
+            named.update(zip(h.c, config[h.name]) if h.split else {h.name: config[h.name]})
+    function = getattr(F, decl.function + "_multi")
     counter = [0]
-    if name == "SGD":
-        bufs = zeros()
 
-        def step():
-            counter[0] += 1
-            F.sgd_multi(params, grads, bufs, steps=counter[0], **config)
-    elif name == "Adagrad":
-        sums = zeros()
-
-        def step():
-            counter[0] += 1
-            F.adagrad_multi(params, grads, sums, steps=counter[0], **config)
-    elif name == "RMSprop":
-        sq = zeros()
-
-        def step():
-            F.rmsprop_multi(params, grads, sq, **config)
-    else:
-        m, v = zeros(), zeros()
-        fn = F.adamw_multi if name == "AdamW" else F.adam_multi
-
-        def step():
-            counter[0] += 1
-            fn(params, grads, m, v, steps=counter[0], **config)
+    def step():
+        counter[0] += 1
+        if decl.step != "unused":
+            named["steps"] = counter[0]
+        function(*args, **named)
     step()
     return step
 
@@ -99,8 +99,41 @@ def gdcore_stream(name, params, grads):
 
 
 # ------------------------------------------------------------------- NumPy
+HAND_WRITTEN_NUMPY = {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW"}
+
+
+def _reference_steps():
+    """tests/reference.py (whole-array NumPy updates, written from the math),
+    when the source tree is at hand; None in an installed package."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "tests", "reference.py")
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location("gdcore_bench_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.STEPS
+
+
 def numpy_naive(name, config, params, grads):
-    """The obvious NumPy expression of each update: temporaries everywhere."""
+    """The obvious NumPy expression of each update: temporaries everywhere.
+    For the optimizers without a hand-written version here, the test
+    suite's NumPy reference (tests/reference.py, run in the buffers' own
+    dtype), which is the same kind of code."""
+    if name not in HAND_WRITTEN_NUMPY:
+        steps = _reference_steps()
+        if steps is None:
+            raise Unsupported("no NumPy version outside the source tree")
+        params = [aligned_copy(p) for p in params]
+        states = [{} for _ in params]
+
+        def step():
+            for p, g, s in zip(params, grads, states):
+                steps[name](p, s, g, **config)
+        step()
+        return step
     params = [aligned_copy(p) for p in params]
     state = [dict() for _ in params]
     t = [0]
@@ -134,6 +167,8 @@ def numpy_naive(name, config, params, grads):
 def numpy_inplace(name, config, params, grads):
     """The best plain-NumPy version: in-place ufuncs with out=, one scratch
     buffer per param, per-step scalars folded."""
+    if name not in HAND_WRITTEN_NUMPY:
+        raise Unsupported(f"no in-place NumPy version of {name}")
     params = [aligned_copy(p) for p in params]
     scratch = [np.empty_like(p) for p in params]
     s1 = [aligned_copy(np.zeros_like(p)) for p in params]

@@ -22,7 +22,7 @@ import numpy as np
 import gdcore
 from bench import impls
 from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, SIZES_QUICK,
-                         TRAFFIC)
+                         TRAFFIC, UNFUSED)
 from bench.timing import measure, paired_ratio
 
 COLUMNS = ["gdcore", "gdcore_functional", "gdcore_torch", "numpy_naive", "numpy_inplace", "torch_forloop",
@@ -189,11 +189,25 @@ def targets(records, overhead, all_cores, small_threads=None, scaling=None):
     huge = find(records, optimizer="Adam", dtype="float32", elements=SIZE_HUGE, threads=1)
     add("Adam float32 67,108,864: gdcore / bandwidth probe",
         ratio(huge, "gdcore", "bandwidth_probe"), 1.05)
+    # The six optimizers torch runs as chains of foreach ops (no fused CPU kernel).
+    for name in UNFUSED:
+        for dtype in ("float32", "float64"):
+            for size, limit in ((65536, 0.25), (1 << 20, 0.5)):
+                rec = find(records, optimizer=name, dtype=dtype, elements=size, threads=1,
+                           tensors=1)
+                if rec is not None:
+                    add(f"{name} {dtype} {size:,}: gdcore / torch foreach",
+                        ratio(rec, "gdcore", "torch_foreach"), limit)
+            rec = find(records, optimizer=name, dtype=dtype, elements=1 << 24, threads=1,
+                       tensors=1)
+            if rec is not None:
+                add(f"{name} {dtype} 16,777,216: gdcore / bandwidth probe",
+                    ratio(rec, "gdcore", "bandwidth_probe"), 1.10)
     for name in OPTIMIZERS:
         for dtype in ("float32", "float64"):
             rec = find(records, optimizer=name, dtype=dtype, elements=1 << 20, threads=1,
                        tensors=1)
-            if rec is None:
+            if rec is None or name in UNFUSED:
                 continue
             best = min((k for k in impls.TORCH if k in rec["seconds"]),
                        key=lambda k: rec["seconds"][k], default=None)
@@ -227,7 +241,13 @@ def plot(records, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(OPTIMIZERS)
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), sharey=True)
+    columns = min(len(names), 6)
+    rows = (len(names) + columns - 1) // columns
+    fig, grid = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows), sharey=True,
+                             squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(names):]:
+        ax.axis("off")
     for ax, name in zip(axes, names):
         rows = sorted((r for r in records if r["optimizer"] == name and r["dtype"] == "float32"
                        and r["threads"] == 1 and r["tensors"] == 1),
@@ -242,10 +262,11 @@ def plot(records, path):
                 ax.plot(x, y, style, label=SHORT[impl], linewidth=2 if impl == "gdcore" else 1)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{name}, float32, 1 thread")
+        ax.set_title(f"{name}, float32, 1 thread", fontsize=9)
         ax.set_xlabel("elements")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("ns per element")
+    for row in grid:
+        row[0].set_ylabel("ns per element")
     handles, labels = axes[names.index("Adam") if "Adam" in names else 0] \
         .get_legend_handles_labels()
     if handles:
@@ -270,7 +291,7 @@ def main(argv=None):
     all_cores = os.cpu_count() or 1
     thread_counts = sorted({1, all_cores})
     if args.smoke:
-        sizes, rounds, batch, names, dtypes = [4096], 1, 0.002, ["SGD", "Adam"], [np.float32]
+        sizes, rounds, batch, names, dtypes = [4096], 1, 0.002, ["SGD", "Adam", "NAdam"], [np.float32]
         many = {"few": [(100,), (3, 5), ()]}
         thread_counts = [1]
     elif args.full:
