@@ -58,13 +58,17 @@ class BuildExt(build_ext):
 
 
 def _generate_family_sources():
-    """Write csrc/gd_family.{h,inc} from gdcore/family.py (only when they
-    change, so that unchanged builds stay incremental)."""
+    """Write csrc/gd_family.{h,inc} and the type stubs gdcore/{functional,
+    optim}.pyi from gdcore/family.py (only when they change, so that
+    unchanged builds stay incremental)."""
     here = os.path.dirname(os.path.abspath(__file__))
     family = runpy.run_path(os.path.join(here, "gdcore", "family.py"))
-    for name, text in (("gd_family.h", family["c_header"]()),
-                       ("gd_family.inc", family["c_bodies"]())):
-        path = os.path.join(here, "csrc", name)
+    outputs = [(os.path.join("csrc", "gd_family.h"), family["c_header"]()),
+               (os.path.join("csrc", "gd_family.inc"), family["c_bodies"]())]
+    outputs += [(os.path.join("gdcore", name), text)
+                for name, text in family["python_stubs"]().items()]
+    for name, text in outputs:
+        path = os.path.join(here, name)
         old = open(path).read() if os.path.exists(path) else None
         if old != text:
             with open(path, "w") as f:

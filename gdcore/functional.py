@@ -16,7 +16,7 @@ Every function here is built from its declaration in gdcore/family.py, with
 a real signature and the declaration's docstring.
 """
 from gdcore import _core
-from gdcore.family import FAMILY
+from gdcore.family import FAMILY, functional_parameters
 
 __all__ = []
 
@@ -65,39 +65,23 @@ def _docstring(decl, multi):
 
 
 def _build(decl, multi):
-    """Source of one functional step, compiled with exec (so that
-    inspect.signature and help() show the real parameters)."""
+    """One functional step, compiled with exec from the declaration's
+    parameter list (so that inspect.signature and help() show the real
+    parameters; the type stub gdcore/functional.pyi has the same list)."""
     name = decl.function + ("_multi" if multi else "")
-    plural = (lambda x: x.plural) if multi else (lambda x: x.name)
-    required = [plural(s) for s in decl.state if s.when is None]
-    optional = [plural(s) for s in decl.state if s.when is not None]
-    scalars = [plural(s) for s in decl.scalars]
-    positional = (["params", "grads"] if multi else ["param", "grad"]) + required + scalars
-    positional += [f"{n}=None" for n in optional]
-    keywords = []
-    step_name = "steps" if multi else "step"
-    if decl.step == "required":
-        keywords.append(step_name)
-    elif decl.step == "first":
-        keywords.append(f"{step_name}=None")
-    hyper_items = []
+    one = (lambda x: x.plural) if multi else (lambda x: x.name)
+    hyper = []
     for h in decl.hyper:
-        if h.init_only or h.fixed:
-            continue
-        if h.kind == "pair" and h.split:
-            keywords += [f"{c}={d!r}" for c, d in zip(h.c, h.default)]
-            hyper_items.append(f"{h.name!r}: ({h.c[0]}, {h.c[1]})")
-        else:
-            keywords.append(f"{h.name}={h.default!r}")
-            hyper_items.append(f"{h.name!r}: {h.name}")
-    by_slot = {plural(s): plural(s) for s in decl.state}
-    states = "(" + "".join(f"{by_slot[plural(s)]}, " for s in decl.state) + ")"
-    scalar_args = "(" + "".join(f"{n}, " for n in scalars) + ")"
-    step_arg = step_name if decl.step != "unused" else "None"
+        if not (h.init_only or h.fixed):
+            hyper.append(f"{h.name!r}: ({h.c[0]}, {h.c[1]})" if h.split else
+                         f"{h.name!r}: {h.name}")
+    states = "(" + "".join(f"{one(s)}, " for s in decl.state) + ")"
+    scalars = "(" + "".join(f"{one(s)}, " for s in decl.scalars) + ")"
+    step = ("steps" if multi else "step") if decl.step != "unused" else "None"
     first = "params, grads" if multi else "param, grad"
-    source = (f"def {name}({', '.join(positional)}, *, {', '.join(keywords)}):\n"
-              f"    _run(_spec, {not multi}, {first}, {states}, {scalar_args}, {step_arg}, "
-              f"{{{', '.join(hyper_items)}}})\n")
+    source = (f"def {name}({', '.join(functional_parameters(decl, multi))}):\n"
+              f"    _run(_spec, {not multi}, {first}, {states}, {scalars}, {step}, "
+              f"{{{', '.join(hyper)}}})\n")
     scope = {"_run": _core.run, "_spec": _core.SPECS[decl.name]}
     exec(compile(source, f"<gdcore.functional.{name}>", "exec"), scope)
     function = scope[name]

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from gdcore import _core
-from gdcore.family import FAMILY
+from gdcore.family import FAMILY, class_parameters
 
 __all__ = ["Optimizer"] + [decl.name for decl in FAMILY]
 
@@ -414,9 +414,7 @@ def _make_class(decl):
     (minus torch's implementation selectors foreach, fused, capturable,
     differentiable)."""
     arguments = [h for h in decl.hyper if not h.fixed]
-    positional = [f"{h.name}={h.default!r}" for h in arguments if not h.keyword_only]
-    keyword = [f"{h.name}={h.default!r}" for h in arguments if h.keyword_only]
-    signature = ", ".join(["self", "params"] + positional + (["*"] + keyword if keyword else []))
+    signature = ", ".join(class_parameters(decl))
     values = ", ".join([f"{h.name}={h.name}" for h in arguments]
                        + [f"{h.name}={h.default!r}" for h in decl.hyper if h.fixed])
     source = (f"def __init__({signature}):\n"

@@ -274,3 +274,35 @@ def test_plan_keeps_serving_steps_that_skip_params():
     opt.step([None, np.ones(3)])
     assert opt._plan is plan
     assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_signatures_are_torchs_and_the_stubs_list_them(name):
+    """inspect.signature shows the real parameters (torch's names, defaults
+    and keyword-only ones, minus its implementation selectors), and the
+    generated type stubs declare the class and both functional forms."""
+    import ast
+    import inspect
+    import os
+    from gdcore.family import BY_NAME
+    ours = inspect.signature(getattr(gdcore, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim, name)).parameters
+    selectors = {"foreach", "fused", "capturable", "differentiable"}
+    want = {k: v.default for k, v in theirs.items() if k not in selectors}
+    assert {k: v.default for k, v in ours.items()} == want
+    for k, v in ours.items():
+        if v.kind == inspect.Parameter.KEYWORD_ONLY:
+            assert theirs[k].kind == inspect.Parameter.KEYWORD_ONLY or k == "maximize", k
+    function = BY_NAME[name].function
+    assert "lr" in inspect.signature(getattr(gdcore.functional, function)).parameters or \
+        name == "Rprop"
+    here = os.path.dirname(gdcore.__file__)
+    for stub, names in (("functional.pyi", [function, function + "_multi"]),
+                        ("optim.pyi", [name])):
+        path = os.path.join(here, stub)
+        if not os.path.exists(path):
+            pytest.skip("type stubs are written by the build (setup.py)")
+        tree = ast.parse(open(path).read())
+        declared = {node.name for node in tree.body
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        assert set(names) <= declared, (stub, names)
