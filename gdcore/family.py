@@ -155,6 +155,16 @@ def _weight_decay(default=0, test=(0, 0.1)):
     return Hyper("weight_decay", default, test=test, doc="weight decay coefficient")
 
 
+def _amsgrad():
+    return Hyper("amsgrad", False, "bool", test=(False, True), doc="AMSGrad variant")
+
+
+def _adam_state():
+    """Adam's and AdamW's state buffers (one kernel serves both)."""
+    return [State("exp_avg"), State("exp_avg_sq"),
+            State("max_exp_avg_sq", when=lambda h: bool(h["amsgrad"]), needs="amsgrad=True")]
+
+
 LR_CHECK = Check(lambda h: h["lr"] >= 0, "Invalid learning rate: {lr}", {"lr": -1e-3})
 EPS_CHECK = Check(lambda h: h["eps"] >= 0, "Invalid epsilon value: {eps}", {"eps": -1e-8})
 WD_CHECK = Check(lambda h: h["weight_decay"] >= 0, "Invalid weight_decay value: {weight_decay}",
@@ -284,14 +294,12 @@ b \leftarrow \mu b + g / a,\ \theta \leftarrow \theta - \gamma b\ (\mu > 0)
         hyper=[_lr(1e-3), _betas(),
                Hyper("eps", 1e-8, doc="term added to the denominator"),
                _weight_decay(),
-               Hyper("amsgrad", False, "bool", test=(False, True), doc="AMSGrad variant"),
+               _amsgrad(),
                _maximize(),
                Hyper("decoupled_weight_decay", False, "bool", keyword_only=True,
                      test=(False, True), doc="AdamW-style decay of the param")],
         checks=[LR_CHECK, EPS_CHECK, *BETA_CHECKS, WD_CHECK],
-        state=[State("exp_avg"), State("exp_avg_sq"),
-               State("max_exp_avg_sq", when=lambda h: bool(h["amsgrad"]),
-                     needs="amsgrad=True")],
+        state=_adam_state(),
         math=_ADAM_MATH, notes=_ADAM_NOTES,
         extra_configs=[dict(lr=0.01, betas=(0.3, 0.9)),
                        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-3, amsgrad=True)],
@@ -304,16 +312,14 @@ b \leftarrow \mu b + g / a,\ \theta \leftarrow \theta - \gamma b\ (\mu > 0)
         hyper=[_lr(1e-3), _betas(),
                Hyper("eps", 1e-8, doc="term added to the denominator"),
                _weight_decay(1e-2, test=(0, 0.1, 1e-2)),
-               Hyper("amsgrad", False, "bool", test=(False, True), doc="AMSGrad variant"),
+               _amsgrad(),
                _maximize(),
                Hyper("decoupled_weight_decay", True, "bool", fixed=True)],
         checks=[LR_CHECK, EPS_CHECK, *BETA_CHECKS, WD_CHECK,
                 Check(lambda h: h["decoupled_weight_decay"],
                       "AdamW requires decoupled_weight_decay=True",
                       {"decoupled_weight_decay": False})],
-        state=[State("exp_avg"), State("exp_avg_sq"),
-               State("max_exp_avg_sq", when=lambda h: bool(h["amsgrad"]),
-                     needs="amsgrad=True")],
+        state=_adam_state(),
         math=_ADAM_MATH, notes=_ADAM_NOTES,
         bench=dict(lr=1e-3)),
 
