@@ -243,10 +243,14 @@ cdef class _Batch:
 
 cdef void _store_scalars(const gd_buffer *buffers, const Py_ssize_t *order, void **ptrs,
                          Py_ssize_t count, int nscalars) noexcept:
-    """Write each buffer's new scalar state back to its 0-d arrays."""
+    """Write each buffer's new scalar state back to its 0-d arrays
+    (ptrs[2 * order[k] + j] for buffers[k]); a buffer with step 0 took no
+    step (a skipped param in a plan) and keeps its scalars."""
     cdef Py_ssize_t k, i
     cdef int j
     for k in range(count):
+        if buffers[k].step == 0:
+            continue
         i = order[k]
         for j in range(nscalars):
             if buffers[k].scalar_float64:
@@ -907,23 +911,8 @@ cdef class Plan:
                     gd_step(spec.kernel, GD_FLOAT64, o, self.buffers + k + self.group_n32[g],
                             self.group_start[g + 1] - k - self.group_n32[g])
         if spec.nscalars:
-            _store_scalars_stepped(self.buffers, self.scalar_ptrs, n, spec.nscalars)
+            _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
         return True
-
-
-cdef void _store_scalars_stepped(const gd_buffer *buffers, void **ptrs, Py_ssize_t count,
-                                 int nscalars) noexcept:
-    """As _store_scalars, buffer order, skipping buffers that took no step."""
-    cdef Py_ssize_t k
-    cdef int j
-    for k in range(count):
-        if buffers[k].step == 0:
-            continue
-        for j in range(nscalars):
-            if buffers[k].scalar_float64:
-                (<double *>ptrs[2 * k + j])[0] = buffers[k].scalar[j]
-            else:
-                (<float *>ptrs[2 * k + j])[0] = <float>buffers[k].scalar[j]
 
 
 # -------------------------------------------------------- benchmark probe
