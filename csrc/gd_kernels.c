@@ -18,6 +18,7 @@
  */
 #include "gd_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 

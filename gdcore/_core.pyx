@@ -37,12 +37,14 @@ from gdcore import family as _family
 cnp.import_array()
 
 cdef tuple _PARAM = ("param", "params")
+cdef object _MAX_STEP = 2**63 - 1
 cdef tuple _GRAD = ("grad", "grads")
 cdef enum:
     _MAX_SLOTS = 3          # state buffers per param (gd_buffer.state)
     _MAX_SCALARS = 2        # scalar state per param (gd_buffer.scalar)
     _MAX_OPTIONS = 16       # doubles in the largest options struct
     _SPANS_PER_BUFFER = 6   # param, states, scalars
+    _ARRAYS_PER_BUFFER = 5  # states, scalars
 
 
 # ------------------------------------------------------------ threads, info
@@ -53,9 +55,12 @@ def set_num_threads(n):
     Calls below a size threshold always run on the calling thread.  Results
     are bitwise identical for every thread count.
     """
-    n = operator.index(n)
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int, not {type(n).__name__}") from None
     if n < 1:
-        raise ValueError(f"number of threads must be >= 1, got {n}")
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     gd_set_num_threads(min(n, 1 << 16))
 
 
@@ -150,6 +155,8 @@ cdef inline double _real(object x, str name) except? -1.0:
         return x
     except TypeError:
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}") from None
+    except OverflowError:
+        raise ValueError(f"{name} = {x!r} is out of the range of a double") from None
 
 
 cdef int _fill_options(Spec spec, object values, double *out, bint *used) except -1:
@@ -159,7 +166,11 @@ cdef int _fill_options(Spec spec, object values, double *out, bint *used) except
     cdef double a, b
     cdef dict h = {}
     for name, kind, in_kernel, cnames in spec.hyper:
-        v = values[name]
+        try:
+            v = values[name]
+        except KeyError:
+            raise ValueError(f"param group has no {name!r} (hyperparameters: "
+                             f"{', '.join(spec.keys)})") from None
         if kind == 0:
             a = _real(v, name)
             h[name] = a
@@ -222,6 +233,7 @@ cdef class _Batch:
     cdef int kernel
     cdef double options[_MAX_OPTIONS]
     cdef list keep
+    cdef object index               # the callers' position of each argument (or None)
 
     def __dealloc__(self):
         free(self.buffers)
@@ -230,6 +242,9 @@ cdef class _Batch:
 
     def run(self):
         """Run the kernel (GIL released).  Cannot fail once built."""
+        self._run()
+
+    cdef void _run(self) noexcept:
         with nogil:
             if self.n32:
                 gd_step(self.kernel, GD_FLOAT32, self.options, self.buffers, self.n32)
@@ -414,6 +429,20 @@ cdef bint _overlaps_written(const _Span *spans, Py_ssize_t count, uintptr_t lo,
     return first < count and spans[first].lo < hi
 
 
+cdef int64_t _one_step(object value, str label) except -1:
+    """A step number: an int (``__index__``, may run user code) >= 1 that
+    fits in 64 bits."""
+    try:
+        step = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{label} must be an int, not {type(value).__name__}") from None
+    if step < 1:
+        raise ValueError(f"{label} must be >= 1 (steps count from 1), got {step}")
+    if step > _MAX_STEP:
+        raise ValueError(f"{label} = {step} is too large (at most 2**63 - 1)")
+    return step
+
+
 cdef int _fill_steps(object steps, Py_ssize_t n, object index, bint single,
                      gd_buffer *staged) except -1:
     """staged[i].step from an int or one int per buffer (may run user code:
@@ -425,22 +454,10 @@ cdef int _fill_steps(object steps, Py_ssize_t n, object index, bint single,
             raise ValueError(f"got {len(steps)} steps for {n} params")
         steps = list(steps)
         for i in range(n):
-            try:
-                step = operator.index(steps[i])
-            except TypeError:
-                raise TypeError(f"steps[{i if index is None else index[i]}] must be an int") \
-                    from None
-            if step < 1:
-                raise ValueError(f"steps[{i if index is None else index[i]}] must be >= 1 "
-                                 f"(steps count from 1), got {step}")
-            staged[i].step = step
+            staged[i].step = _one_step(steps[i],
+                                       f"steps[{i if index is None else index[i]}]")
         return 0
-    try:
-        step = operator.index(steps)
-    except TypeError:
-        raise TypeError(f"step must be an int, not {type(steps).__name__}") from None
-    if step < 1:
-        raise ValueError(f"step must be >= 1 (steps count from 1), got {step}")
+    step = _one_step(steps, "step")
     for i in range(n):
         staged[i].step = step
     return 0
@@ -555,6 +572,7 @@ cdef _Batch _gather(Spec spec, const double *options, list params, list grads, t
             raise ValueError(f"got {len(scalars[s])} {spec.scalar_plurals[s]} for {n} params")
     cdef _Batch batch = _Batch.__new__(_Batch)
     batch.keep = [params, grads, slots, scalars]
+    batch.index = range(n) if index is None else index
     batch.count = n
     batch.kernel = spec.kernel
     batch.nscalars = spec.nscalars
@@ -694,6 +712,129 @@ def group_batch(Spec spec, dict group, list params, list grads, list states, obj
                    False)
 
 
+cdef str _written_label(_Span s, _Batch batch, Spec spec):
+    i = batch.index[batch.order[s.buffer]]
+    if s.slot < 0:
+        return f"params[{i}]"
+    if s.slot < _MAX_SLOTS:
+        return f"state[{i}][{spec.slot_names[s.slot]!r}]"
+    return f"state[{i}][{spec.scalar_names[s.slot - _MAX_SLOTS]!r}]"
+
+
+cdef int _check_across(list batches, Spec spec) except -1:
+    """The batches of one general step (one per param group) write pairwise
+    disjoint memory, as one batch's buffers do; a grad that shares memory
+    with a buffer another batch writes is read from a copy (the batches run
+    one after the other)."""
+    cdef Py_ssize_t total = 0, nspans = 0, k, j, b
+    cdef _Batch batch
+    cdef _Span *spans
+    cdef uintptr_t lo
+    cdef int esize
+    for batch in batches:
+        total += batch.count
+    spans = <_Span *>malloc((_SPANS_PER_BUFFER * total + 1) * sizeof(_Span))
+    owner = []                          # spans[j] belongs to batches[owner[j]]
+    if spans == NULL:
+        raise MemoryError()
+    try:
+        for b in range(len(batches)):
+            batch = <_Batch>batches[b]
+            for k in range(batch.count):
+                esize = 4 if k < batch.n32 else 8
+                _add_raw(spans, &nspans, batch.buffers[k].param,
+                         batch.buffers[k].n * esize, k, -1, owner, b)
+                for j in range(_MAX_SLOTS):
+                    if batch.buffers[k].state[j] != NULL:
+                        _add_raw(spans, &nspans, batch.buffers[k].state[j],
+                                 batch.buffers[k].n * esize, k, j, owner, b)
+                for j in range(batch.nscalars):
+                    _add_raw(spans, &nspans, batch.scalar_ptrs[2 * batch.order[k] + j],
+                             8 if batch.buffers[k].scalar_float64 else 4, k,
+                             _MAX_SLOTS + j, owner, b)
+        # sort by address, carrying the owner along
+        for j in range(nspans):
+            spans[j].buffer = spans[j].buffer * len(batches) + owner[j]
+        qsort(spans, nspans, sizeof(_Span), _span_cmp)
+        for j in range(nspans):
+            b = spans[j].buffer % len(batches)
+            spans[j].buffer //= len(batches)
+            owner[j] = b
+        for j in range(1, nspans):
+            if spans[j].lo < spans[j - 1].hi:
+                raise ValueError(
+                    f"{_written_label(spans[j - 1], batches[owner[j - 1]], spec)} and "
+                    f"{_written_label(spans[j], batches[owner[j]], spec)} overlap in memory; "
+                    "every param and state buffer must be a distinct array")
+        for b in range(len(batches)):
+            batch = <_Batch>batches[b]
+            for k in range(batch.count):
+                esize = 4 if k < batch.n32 else 8
+                lo = <uintptr_t>batch.buffers[k].grad
+                if batch.buffers[k].n and _overlaps_written(
+                        spans, nspans, lo, lo + <uintptr_t>(batch.buffers[k].n * esize)):
+                    copy = np.empty(batch.buffers[k].n, np.float32 if esize == 4 else np.float64)
+                    memcpy(cnp.PyArray_DATA(<cnp.ndarray>copy), batch.buffers[k].grad,
+                           batch.buffers[k].n * esize)
+                    batch.keep.append(copy)
+                    batch.buffers[k].grad = cnp.PyArray_DATA(<cnp.ndarray>copy)
+    finally:
+        free(spans)
+    return 0
+
+
+cdef inline void _add_raw(_Span *spans, Py_ssize_t *count, const void *data, int64_t nbytes,
+                          Py_ssize_t buffer, int slot, list owner, Py_ssize_t b):
+    if nbytes == 0:
+        return
+    spans[count[0]].lo = <uintptr_t>data
+    spans[count[0]].hi = spans[count[0]].lo + <uintptr_t>nbytes
+    spans[count[0]].buffer = buffer
+    spans[count[0]].slot = slot
+    owner.append(b)
+    count[0] += 1
+
+
+def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps):
+    """The general path's commit: for each (batch, touched) of `pending`
+    (each batch already checked), check that the batches write disjoint
+    memory (and copy grads that alias what another batch writes), then add
+    the new state entries, register new state, set the step counters and
+    run every batch.  After the check only C-level dict operations and
+    kernels run, so a signal's KeyboardInterrupt cannot land between
+    groups: either every group steps or none changes.
+    touched: (param, state dict, is_new, added entries or None, new step)."""
+    cdef tuple entry
+    if len(pending) > 1:
+        _check_across([batch for batch, _ in pending], spec)
+    for batch, touched in pending:
+        for entry in touched:
+            p, state, is_new, added, step = entry
+            if added:
+                (<dict>state).update(added)
+            if is_new:
+                state_by_id[id(p)] = (p, state)
+            if counts_steps:
+                (<dict>state)["step"] = step
+    for batch, _ in pending:
+        (<_Batch>batch)._run()
+
+
+cdef inline bint _as_planned(cnp.ndarray a, cnp.ndarray param, int typenum, void *data,
+                             bint scalar):
+    """Whether array `a` (a param, a state buffer shaped like `param`, or a
+    0-d scalar state) still has the memory, dtype, shape and flags a plan was
+    built on, i.e. whether the general path would accept it as the plan
+    uses it."""
+    if cnp.PyArray_DATA(a) != data or cnp.PyArray_TYPE(a) != typenum or \
+            not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a) or \
+            cnp.PyArray_ISBYTESWAPPED(a):
+        return False
+    if scalar:
+        return cnp.PyArray_NDIM(a) == 0
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and (a is param or _same_shape(a, param))
+
+
 cdef class Plan:
     """The kernel calls of an optimizer whose params and state are settled.
 
@@ -725,6 +866,8 @@ cdef class Plan:
     cdef void **scalar_ptrs         # [2 * count], buffer order
     cdef _Span *spans               # every written buffer, sorted
     cdef list params, states, arrays, entries, ids
+    cdef int *typenums              # [count]: each param's dtype, as planned
+    cdef void **array_ptrs          # [_ARRAYS_PER_BUFFER * count]: data of arrays[k]
 
     def __dealloc__(self):
         free(self.group_start)
@@ -737,6 +880,8 @@ cdef class Plan:
         free(self.buffers)
         free(self.scalar_ptrs)
         free(self.spans)
+        free(self.typenums)
+        free(self.array_ptrs)
 
     @staticmethod
     def build(Spec spec, list param_groups, dict state_by_id):
@@ -764,10 +909,13 @@ cdef class Plan:
         plan.spans = <_Span *>malloc((_SPANS_PER_BUFFER * total + 1) * sizeof(_Span))
         plan.sizes = <int64_t *>malloc((total + 1) * sizeof(int64_t))
         plan.scalar_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
+        plan.typenums = <int *>malloc((total + 1) * sizeof(int))
+        plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
         if (plan.group_start == NULL or plan.group_n32 == NULL or plan.options == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
                 plan.spans == NULL or plan.sizes == NULL or plan.identity == NULL or
-                plan.scalar_ptrs == NULL):
+                plan.scalar_ptrs == NULL or plan.typenums == NULL or
+                plan.array_ptrs == NULL):
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
         cdef void **staged_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
@@ -810,7 +958,12 @@ cdef class Plan:
                     plan.states.append(states[i])
                     plan.ids.append(id(params[i]))
                     plan.entries.append(state_by_id[id(params[i])])
-                    plan.arrays.append(tuple(states[i][name] for name in in_use))
+                    arrays = tuple(states[i][name] for name in in_use)
+                    plan.arrays.append(arrays)
+                    plan.typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>params[i])
+                    for s in range(len(arrays)):
+                        plan.array_ptrs[_ARRAYS_PER_BUFFER * k + s] = \
+                            cnp.PyArray_DATA(<cnp.ndarray>arrays[s])
                 start += len(params)
                 flat += len(params)
         finally:
@@ -830,9 +983,11 @@ cdef class Plan:
         plan.nspans = nspans
         return plan
 
-    def run(self, list grads):
+    def run(self, list grads, list counters=None):
         """One step, if the plan still holds (see the class docstring).
-        grads: ndarrays or None (see as_grads)."""
+        grads: ndarrays or None (see as_grads).  counters: optional 0-d
+        arrays to add 1 to once the kernels ran (gdcore.torch's `step`
+        tensors), checked with everything else first."""
         cdef Py_ssize_t g, k, s, n = self.count
         cdef double *o
         cdef bint used[_MAX_SLOTS]
@@ -840,11 +995,12 @@ cdef class Plan:
         cdef dict st
         cdef list lst, keep = [grads]
         cdef Spec spec = self.spec
+        cdef int typenum
         if len(grads) != n:
             return False
         for g in range(self.ngroups):
             group = <dict>self.groups[g]
-            lst = group["params"]
+            lst = group.get("params")
             if (lst is not self.group_params[g]
                     or len(lst) != self.group_start[g + 1] - self.group_start[g]):
                 return False
@@ -866,16 +1022,34 @@ cdef class Plan:
                 st = <dict>self.states[k]
                 if self.state_by_id.get(self.ids[k]) is not self.entries[k]:
                     return False
+                # The param and every state array exactly as planned (an
+                # in-place resize, dtype, shape or flags change falls back to
+                # the general path, which checks and reports it).
+                typenum = self.typenums[k]
+                if not _as_planned(p, p, typenum, self.buffers[k].param, False) or \
+                        cnp.PyArray_SIZE(p) != self.sizes[k]:
+                    return False
                 names = <tuple>self.group_slots[g]
                 arrays = <tuple>self.arrays[k]
+                nbuffers = len(names) - spec.nscalars
                 for s in range(len(names)):
                     a = <cnp.ndarray>arrays[s]
-                    if st.get(names[s]) is not a or not cnp.PyArray_ISWRITEABLE(a):
+                    if st.get(names[s]) is not a:
                         return False
-                if (cnp.PyArray_DATA(p) != self.buffers[k].param
-                        or cnp.PyArray_SIZE(p) != self.sizes[k]
-                        or not cnp.PyArray_ISWRITEABLE(p)):
-                    return False
+                    if s < nbuffers:
+                        if not _as_planned(a, p, typenum,
+                                           self.array_ptrs[_ARRAYS_PER_BUFFER * k + s], False):
+                            return False
+                    elif not _as_planned(a, p, cnp.NPY_FLOAT64 if self.buffers[k].scalar_float64
+                                         else cnp.NPY_FLOAT32,
+                                         self.array_ptrs[_ARRAYS_PER_BUFFER * k + s], True):
+                        return False
+                if spec.counts_steps:
+                    step = st.get("step")
+                    if type(step) is not int or not 0 <= <object>step < _MAX_STEP:
+                        return False
+        if counters is not None and not _counters_ok(counters):
+            return False
         for k in range(n):
             grad = grads[self.position[k]]
             if grad is None:                    # skipped this step: no elements
@@ -891,6 +1065,8 @@ cdef class Plan:
             else:
                 self.buffers[k].step = 2        # SGD: the momentum buffer exists
         # All checked: commit the step counters, read the scalars, then run.
+        # (No Python code runs from here on: a signal's KeyboardInterrupt
+        # is raised after the whole step, never within it.)
         if spec.counts_steps:
             for k in range(n):
                 if self.buffers[k].step > 0:
@@ -912,6 +1088,8 @@ cdef class Plan:
                             self.group_start[g + 1] - k - self.group_n32[g])
         if spec.nscalars:
             _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
+        if counters is not None:
+            _increment(counters)
         return True
 
 
@@ -945,20 +1123,81 @@ def stream(params, grads, states, *, int nread, int nwrite):
 _PROBE_SPECS = [SPECS[name] for name in ("SGD", "SGD", "Adadelta", "RMSprop")]
 
 
+cdef bint _counters_ok(list counters):
+    """Whether every entry is a writable, aligned 1-element float32/float64
+    array (torch's `step` tensors seen through NumPy)."""
+    cdef cnp.ndarray a
+    for obj in counters:
+        if not cnp.PyArray_Check(obj):
+            return False
+        a = <cnp.ndarray>obj
+        if cnp.PyArray_SIZE(a) != 1 or not cnp.PyArray_ISWRITEABLE(a) or \
+                not cnp.PyArray_ISALIGNED(a) or cnp.PyArray_ISBYTESWAPPED(a) or \
+                (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64):
+            return False
+    return True
+
+
+cdef void _increment(list counters) noexcept:
+    """Add 1 to each counter (checked by _counters_ok)."""
+    cdef cnp.ndarray a
+    for obj in counters:
+        a = <cnp.ndarray>obj
+        if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+            (<float *>cnp.PyArray_DATA(a))[0] += 1
+        else:
+            (<double *>cnp.PyArray_DATA(a))[0] += 1
+
+
 def increment_counters(list counters):
     """Add 1 to each 0-d float32/float64 array of `counters` (the NumPy views
     of torch's `step` tensors, for gdcore.torch): one call instead of a torch
-    op per tensor."""
-    cdef cnp.ndarray a
-    for obj in counters:
-        if not cnp.PyArray_Check(obj) or cnp.PyArray_SIZE(<cnp.ndarray>obj) != 1:
-            raise TypeError("counters must be 1-element numpy arrays")
-        a = <cnp.ndarray>obj
-        if not cnp.PyArray_ISWRITEABLE(a) or not cnp.PyArray_ISALIGNED(a):
-            raise ValueError("counters must be writable and aligned")
-        if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
-            (<float *>cnp.PyArray_DATA(a))[0] += 1
-        elif cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT64:
-            (<double *>cnp.PyArray_DATA(a))[0] += 1
-        else:
-            raise TypeError(f"counter of dtype {a.dtype}")
+    op per tensor.  Checks all before changing any."""
+    if not _counters_ok(counters):
+        raise TypeError("counters must be writable, aligned 1-element float32/float64 "
+                        "numpy arrays")
+    _increment(counters)
+
+
+# ------------------------------------------------- one step at a time
+
+from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock,
+                               PyThread_free_lock, PyThread_get_thread_ident,
+                               PyThread_release_lock, PyThread_type_lock, NOWAIT_LOCK,
+                               WAIT_LOCK)
+
+
+cdef class StepLock:
+    """Serialises the steps of one optimizer.  A step from another thread
+    waits (with the GIL released) until the running one ends; a step entered
+    again from the thread that runs one (from a grad's ``__array__``, a
+    hyperparameter's ``__float__``, a hook) raises RuntimeError: the outer
+    step holds state the inner one would change under it."""
+    cdef PyThread_type_lock lock
+    cdef unsigned long owner
+    cdef bint held
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    def acquire(self, str what):
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            if self.held and self.owner == me:
+                raise RuntimeError(f"{what} was called again while one of its steps runs "
+                                   "(from a grad's __array__, a hyperparameter or a hook); "
+                                   "an optimizer's steps cannot nest")
+            with nogil:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.owner = me
+        self.held = True
+
+    def release(self):
+        self.held = False
+        PyThread_release_lock(self.lock)

@@ -120,6 +120,17 @@ class ParamState(MutableMapping):
     def __repr__(self):
         return f"ParamState({len(self)} params)"
 
+    def __reduce__(self):
+        # by content: copies and pickles re-key the state by the copied params
+        return _param_state, (list(self._by_id.values()),)
+
+
+def _param_state(entries):
+    state = ParamState()
+    for param, value in entries:
+        state[param] = value
+    return state
+
 
 class Optimizer:
     """Base of gdcore's optimizer classes (the torch.optim.Optimizer shape).
@@ -144,6 +155,7 @@ class Optimizer:
         self.param_groups = []
         self.state = ParamState()
         self._plan = None
+        self._lock = _core.StepLock()
         self.last_step_created_state = False
         if isinstance(params, (np.ndarray, dict)):
             raise TypeError("params must be an iterable of numpy arrays or of param-group "
@@ -202,7 +214,22 @@ class Optimizer:
     def step(self, grads):
         """One optimization step.  ``grads``: one per param, in the order of
         the params over all groups; each an array-like of exactly its param's
-        shape and dtype, or None to leave that param (and its state) alone."""
+        shape and dtype, or None to leave that param (and its state) alone.
+
+        Steps of one optimizer are serialised: a step from another thread
+        waits for the running one; a step started from within a step (a
+        grad's ``__array__``, say) raises RuntimeError."""
+        lock = self._lock
+        lock.acquire(f"{type(self).__name__}.step")
+        try:
+            self._step(grads, None)
+        finally:
+            lock.release()
+
+    def _step(self, grads, counters):
+        """step(), with the lock held.  counters (gdcore.torch): 0-d arrays
+        to add 1 to after a step the cached plan ran; returns whether it did
+        (otherwise the step took the general path)."""
         if type(grads) is not list:
             try:
                 grads = list(grads)
@@ -211,17 +238,24 @@ class Optimizer:
                                 f"{type(grads).__name__}") from None
         grads = _core.as_grads(grads)           # the only user code a step runs
         plan = self._plan
-        if plan is not None and plan.run(grads):
+        if plan is not None and plan.run(grads, counters):
             self.last_step_created_state = False
-            return
+            return True
         self._plan = None
         self.last_step_created_state = True     # (or may have: the general path)
-        total = sum(len(group["params"]) for group in self.param_groups)
+        if not isinstance(self.state, ParamState):
+            raise TypeError(f"{type(self).__name__}.state must be a gdcore.optim.ParamState "
+                            f"(it was replaced by a {type(self.state).__name__})")
+        total = 0
+        for k, group in enumerate(self.param_groups):
+            if type(group) is not dict or type(group.get("params")) is not list:
+                raise TypeError(f"param_groups[{k}] must be a dict whose 'params' is a list")
+            total += len(group["params"])
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} grads for {total} params "
                              "(one per param, None to skip one)")
         spec = self._spec
-        pending = []                    # (batch, [(param, state, is_new, added)])
+        pending = []                    # (batch, [(param, state, is_new, added, step)])
         position = 0
         for group in self.param_groups:
             needed = _core.check_group(spec, group)            # also checks the group
@@ -233,6 +267,9 @@ class Optimizer:
                     is_new = state is None
                     if is_new:
                         state = {"step": 0} if self._counts_steps else {}
+                    elif type(state) is not dict:
+                        raise TypeError(f"state[{position}] (the state of params[{position}]) "
+                                        f"must be a dict, not {type(state).__name__}")
                     added = {name: _aligned_full(p, self._initial_value(name, group),
                                                  spec.slot_names.index(name))
                              for name in needed if name not in state}
@@ -241,29 +278,21 @@ class Optimizer:
                         if scalar.name not in state:
                             added[scalar.name] = np.array(
                                 float(_initial(scalar.init, group)), dtype=np.float32)
+                    step = _state_step(state, position) + 1 if self._counts_steps else \
+                        1 if new_buffers else 2
                     params.append(p)
                     group_grads.append(g)
                     views.append({**state, **added} if added else state)
-                    steps.append(state["step"] + 1 if self._counts_steps else
-                                 1 if new_buffers else 2)
+                    steps.append(step)
                     index.append(position)
-                    touched.append((p, state, is_new, added))
+                    touched.append((p, state, is_new, added, step))
                 position += 1
             if params:
                 batch = _core.group_batch(spec, group, params, group_grads, views, steps,
                                           index)
                 pending.append((batch, touched))
-        # Everything checked: commit state, then run.
-        for _, touched in pending:
-            for p, state, is_new, added in touched:
-                if added:
-                    state.update(added)
-                if is_new:
-                    self.state[p] = state
-                if self._counts_steps:
-                    state["step"] += 1
-        for batch, _ in pending:
-            batch.run()
+        # Everything checked: commit state and run, as one (see commit_and_run).
+        _core.commit_and_run(spec, pending, self.state._by_id, self._counts_steps)
         if len(self.state) == total:                # every param has state
             try:
                 self._plan = _core.Plan.build(spec, self.param_groups, self.state._by_id)
@@ -271,6 +300,18 @@ class Optimizer:
                 # state the user replaced by something a plan cannot hold: keep
                 # to the general path, which checks (and reports) it every step
                 self._plan = None
+        return False
+
+    # ------------------------------------------------------ copy, pickle
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_plan"], state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._plan = None
+        self._lock = _core.StepLock()
 
     def _initial_value(self, name, group):
         """What a new state buffer starts as (new buffers are added to the
@@ -372,6 +413,22 @@ def _check_disjoint(params):
             first, second = sorted((a, b))
             raise ValueError(f"params[{second}] {what} params[{first}]; "
                              "each param must be a distinct buffer")
+
+
+def _state_step(state, position):
+    """A param's step counter (state["step"]): an int >= 0."""
+    try:
+        step = state["step"]
+    except KeyError:
+        raise ValueError(f"state[{position}] has no 'step' (the state of params[{position}] "
+                         "was edited)") from None
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"state[{position}]['step'] must be an int, not "
+                        f"{type(step).__name__}")
+    if not 0 <= step < 2**63 - 1:
+        raise ValueError(f"state[{position}]['step'] must be an int >= 0 below 2**63 - 1, "
+                         f"got {step}")
+    return int(step)
 
 
 def _initial(init, group):
