@@ -47,13 +47,23 @@ class BuildExt(build_ext):
         base = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] if unix else ["/O2", "/fp:precise"]
         if os.environ.get("GDCORE_DEBUG") == "1" and unix:
             base = ["-O0", "-g", "-fno-math-errno", "-ffp-contract=off", "-std=c11"]
+        sanitize = []
+        if os.environ.get("GDCORE_SANITIZE") == "1" and unix:
+            # tests/sanitize.sh: AddressSanitizer + UndefinedBehaviorSanitizer,
+            # every UB report fatal; GDCORE_SANITIZE_BASELINE=1 builds only
+            # the baseline kernels (a quicker build for CI's bounded run)
+            sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                        "-fno-omit-frame-pointer"]
+            base = ["-O1", "-g", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] + sanitize
+            if os.environ.get("GDCORE_SANITIZE_BASELINE") == "1":
+                base.append("-DGD_NO_CLONES")
         omp = ["-fopenmp"] if unix else ["/openmp"]
         use_omp = os.environ.get("GDCORE_NO_OPENMP") != "1" and _compiler_accepts(self.compiler, omp)
         if not use_omp:
             print("gdcore: building without OpenMP (kernels run on one thread)", file=sys.stderr)
         for ext in self.extensions:
             ext.extra_compile_args = base + (omp if use_omp else [])
-            ext.extra_link_args = omp if use_omp else []
+            ext.extra_link_args = (omp if use_omp else []) + sanitize
         super().build_extensions()
 
 

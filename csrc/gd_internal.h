@@ -48,9 +48,18 @@ int gd_isa_level(void);
 
 /* A per-param scalar as the buffer stores it: float32-rounded unless the
  * scalar state is float64. */
+/* x rounded to float32.  Through a volatile: GCC 12 at -O3 drops the
+ * (double)(float)x round trip when it pairs two such stores into one vector
+ * store (seen on ASGD's eta and mu). */
+static inline double gd_round_to_float(double x)
+{
+    volatile float rounded = (float)x;
+    return rounded;
+}
+
 static inline double gd_scalar_round(const gd_buffer *b, double x)
 {
-    return b->scalar_float64 ? x : (double)(float)x;
+    return b->scalar_float64 ? x : gd_round_to_float(x);
 }
 
 /* base^step, exactly pow(base, step), memoised per thread for the last few

@@ -37,7 +37,9 @@ def _threads_from_environment():
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"GDCORE_NUM_THREADS must be a whole number >= 1, got {value!r}") from None
+        n = 0
+    if n < 1:
+        raise ValueError(f"GDCORE_NUM_THREADS must be a whole number >= 1, got {value!r}")
     set_num_threads(n)
 
 

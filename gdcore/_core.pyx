@@ -36,6 +36,10 @@ from gdcore import family as _family
 
 cnp.import_array()
 
+cdef extern from "numpy/arrayobject.h":
+    # PyArray_View(array, NULL, &PyArray_Type): a plain ndarray view, in C
+    object _plain_view "PyArray_View" (cnp.ndarray array, void *dtype, void *subtype)
+
 cdef tuple _PARAM = ("param", "params")
 cdef object _MAX_STEP = 2**63 - 1
 cdef tuple _GRAD = ("grad", "grads")
@@ -100,7 +104,8 @@ cdef class Spec:
     cdef readonly bint counts_steps
     cdef readonly str step_use          # "required", "unused", "first"
     cdef readonly dict defaults
-    cdef tuple hyper                    # (name, kind 0 real/1 bool/2 pair, in kernel, c names)
+    cdef tuple hyper                    # (name, kind 0 real/1 bool/2 pair, in kernel,
+                                        #  c names, labels of a pair's two values)
     cdef tuple checks                   # (test, message)
     cdef tuple slot_when, slot_needs
     cdef int nslots, nscalars, noptions
@@ -119,7 +124,10 @@ cdef class Spec:
             raise ImportError(f"{decl.name} has more than {_MAX_OPTIONS} options")
         self.keys = tuple(h.name for h in decl.hyper)
         self.hyper = tuple((h.name, {"real": 0, "bool": 1, "pair": 2}[h.kind],
-                            not h.init_only, h.c) for h in decl.hyper)
+                            not h.init_only, h.c,
+                            (f"{h.name}[0] ({h.c[0]})", f"{h.name}[1] ({h.c[1]})")
+                            if getattr(h, "split", False) else
+                            (f"{h.name}[0]", f"{h.name}[1]")) for h in decl.hyper)
         self.checks = tuple((c.test, c.message) for c in decl.checks)
         self.slot_names = tuple(s.name for s in decl.state)
         self.slot_plurals = tuple(s.plural for s in decl.state)
@@ -156,7 +164,9 @@ cdef inline double _real(object x, str name) except? -1.0:
     except TypeError:
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}") from None
     except OverflowError:
-        raise ValueError(f"{name} = {x!r} is out of the range of a double") from None
+        text = repr(x)
+        raise ValueError(f"{name} is out of the range of a double "
+                         f"({text if len(text) < 30 else text[:24] + '...'})") from None
 
 
 cdef int _fill_options(Spec spec, object values, double *out, bint *used) except -1:
@@ -165,7 +175,7 @@ cdef int _fill_options(Spec spec, object values, double *out, bint *used) except
     cdef Py_ssize_t k = 0
     cdef double a, b
     cdef dict h = {}
-    for name, kind, in_kernel, cnames in spec.hyper:
+    for name, kind, in_kernel, cnames, labels in spec.hyper:
         try:
             v = values[name]
         except KeyError:
@@ -189,8 +199,8 @@ cdef int _fill_options(Spec spec, object values, double *out, bint *used) except
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be a pair ({cnames[0]}, {cnames[1]}), "
                                  f"got {v!r}") from None
-            a = _real(first, f"{name}[0]")
-            b = _real(second, f"{name}[1]")
+            a = _real(first, labels[0])
+            b = _real(second, labels[1])
             h[name] = (a, b)
             if in_kernel:
                 out[k] = a
@@ -355,9 +365,16 @@ cdef object _as_grad(object obj, Py_ssize_t i, object index, bint single):
     if obj is None:
         raise TypeError(f"{_label(_GRAD, i, index, single)} is None")
     if cnp.PyArray_Check(obj):
-        return obj
+        if type(obj) is np.ndarray:
+            return obj
+        # a subclass: viewed as a plain ndarray now, so that no later copy
+        # (of a non-contiguous or overlapping grad) runs its hooks
+        return _plain_view(<cnp.ndarray>obj, NULL, <void *>np.ndarray)
     try:
-        return np.asarray(obj)
+        obj = np.asarray(obj)
+        if type(obj) is not np.ndarray:
+            obj = _plain_view(<cnp.ndarray>obj, NULL, <void *>np.ndarray)
+        return obj
     except Exception as exc:
         raise TypeError(f"{_label(_GRAD, i, index, single)} is not array-like: "
                         f"{exc}") from exc
@@ -457,7 +474,7 @@ cdef int _fill_steps(object steps, Py_ssize_t n, object index, bint single,
             staged[i].step = _one_step(steps[i],
                                        f"steps[{i if index is None else index[i]}]")
         return 0
-    step = _one_step(steps, "step")
+    step = _one_step(steps, "step" if single else "steps")
     for i in range(n):
         staged[i].step = step
     return 0
@@ -511,13 +528,27 @@ cdef Py_ssize_t _gather_written(Spec spec, list params, tuple slots, tuple scala
             _add_span(spans, &nspans, a, i, _MAX_SLOTS + s)
     # Written buffers must be pairwise disjoint.
     qsort(spans, nspans, sizeof(_Span), _span_cmp)
+    k = _first_overlap(spans, nspans)
+    if k:
+        raise ValueError(
+            f"{_span_label(spans[k - 1], spec, index, single)} and "
+            f"{_span_label(spans[k], spec, index, single)} overlap in memory; "
+            "every param and state buffer must be a distinct array")
+    return nspans
+
+
+cdef Py_ssize_t _first_overlap(const _Span *spans, Py_ssize_t nspans) noexcept:
+    """k > 0 where sorted spans[k - 1] and spans[k] overlap (two params if
+    any two overlap: the same param listed twice shares its state too, and
+    the params say why), else 0."""
+    cdef Py_ssize_t k, first = 0
     for k in range(1, nspans):
         if spans[k].lo < spans[k - 1].hi:
-            raise ValueError(
-                f"{_span_label(spans[k - 1], spec, index, single)} and "
-                f"{_span_label(spans[k], spec, index, single)} overlap in memory; "
-                "every param and state buffer must be a distinct array")
-    return nspans
+            if spans[k].slot < 0 and spans[k - 1].slot < 0:
+                return k
+            if first == 0:
+                first = k
+    return first
 
 
 cdef int _gather_grad(cnp.ndarray grad, Py_ssize_t i, object index, bint single,
@@ -592,7 +623,7 @@ cdef _Batch _gather(Spec spec, const double *options, list params, list grads, t
         _fill_steps(steps, n, index, single, staged)
         for i in range(n):
             g = grads[i]
-            if not cnp.PyArray_Check(g):
+            if type(g) is not np.ndarray:
                 grads[i] = _as_grad(g, i, index, single)
         # 2. checks (no user code from here on)
         nspans = _gather_written(spec, params, slots, scalars, index, single, staged,
@@ -760,12 +791,12 @@ cdef int _check_across(list batches, Spec spec) except -1:
             b = spans[j].buffer % len(batches)
             spans[j].buffer //= len(batches)
             owner[j] = b
-        for j in range(1, nspans):
-            if spans[j].lo < spans[j - 1].hi:
-                raise ValueError(
-                    f"{_written_label(spans[j - 1], batches[owner[j - 1]], spec)} and "
-                    f"{_written_label(spans[j], batches[owner[j]], spec)} overlap in memory; "
-                    "every param and state buffer must be a distinct array")
+        j = _first_overlap(spans, nspans)
+        if j:
+            raise ValueError(
+                f"{_written_label(spans[j - 1], batches[owner[j - 1]], spec)} and "
+                f"{_written_label(spans[j], batches[owner[j]], spec)} overlap in memory; "
+                "every param and state buffer must be a distinct array")
         for b in range(len(batches)):
             batch = <_Batch>batches[b]
             for k in range(batch.count):
@@ -983,7 +1014,7 @@ cdef class Plan:
         plan.nspans = nspans
         return plan
 
-    def run(self, list grads, list counters=None):
+    def run(self, list grads, list counters, list param_groups, dict state_by_id):
         """One step, if the plan still holds (see the class docstring).
         grads: ndarrays or None (see as_grads).  counters: optional 0-d
         arrays to add 1 to once the kernels ran (gdcore.torch's `step`
@@ -996,11 +1027,17 @@ cdef class Plan:
         cdef list lst, keep = [grads]
         cdef Spec spec = self.spec
         cdef int typenum
-        if len(grads) != n:
+        if len(grads) != n or state_by_id is not self.state_by_id or \
+                len(param_groups) != self.ngroups:
             return False
         for g in range(self.ngroups):
             group = <dict>self.groups[g]
-            lst = group.get("params")
+            if param_groups[g] is not group:
+                return False
+            params_obj = group.get("params")
+            if type(params_obj) is not list:
+                return False
+            lst = <list>params_obj
             if (lst is not self.group_params[g]
                     or len(lst) != self.group_start[g + 1] - self.group_start[g]):
                 return False
@@ -1186,11 +1223,12 @@ cdef class StepLock:
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
-    def acquire(self, str what):
+    def acquire(self, optimizer):
         cdef unsigned long me = PyThread_get_thread_ident()
         if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             if self.held and self.owner == me:
-                raise RuntimeError(f"{what} was called again while one of its steps runs "
+                raise RuntimeError(f"re-entrant step: {type(optimizer).__name__}.step() was "
+                                   "called again while one of its steps runs "
                                    "(from a grad's __array__, a hyperparameter or a hook); "
                                    "an optimizer's steps cannot nest")
             with nogil:
@@ -1201,3 +1239,115 @@ cdef class StepLock:
     def release(self):
         self.held = False
         PyThread_release_lock(self.lock)
+
+    def call(self, optimizer, method, arg):
+        """method(arg) with the lock held (acquired and released in C, so an
+        exception from a signal handler cannot land between the two)."""
+        self.acquire(optimizer)
+        try:
+            return method(arg)
+        finally:
+            self.held = False
+            PyThread_release_lock(self.lock)
+
+
+# ------------------------------------------- gdcore.torch's state watch
+
+from cpython.dict cimport PyDict_Next, PyDict_Size
+from cpython.object cimport PyObject
+
+
+cdef class StateSnapshot:
+    """What gdcore.torch's engine was last in step with: torch's
+    ``optimizer.state`` (the mapping itself, each param's dict, each entry)
+    and the values of the `step` counters it advances.  `same` tells, in a
+    C loop over the entries (no hashing of tensors), whether anything was
+    replaced, added, removed or set since; an in-place change of a step
+    counter shows as a value other than the one expected."""
+    cdef object mapping
+    cdef list dicts                 # [key, dict, key, dict, ...] in mapping order
+    cdef list entries               # per dict: tuple (key, value, key, value, ...)
+    cdef list counters
+    cdef double *expected
+
+    def __dealloc__(self):
+        free(self.expected)
+
+    @staticmethod
+    def capture(object mapping, list counters):
+        if not isinstance(mapping, dict):
+            return None
+        cdef StateSnapshot snap = StateSnapshot.__new__(StateSnapshot)
+        cdef Py_ssize_t pos = 0, i
+        cdef PyObject *key
+        cdef PyObject *value
+        snap.mapping, snap.dicts, snap.entries = mapping, [], []
+        while PyDict_Next(mapping, &pos, &key, &value):
+            snap.dicts.append(<object>key)
+            snap.dicts.append(<object>value)
+            snap.entries.append(_dict_items(<object>value))
+        if not _counters_ok(counters):
+            raise TypeError("counters must be writable, aligned 1-element float32/float64 "
+                            "numpy arrays")
+        snap.counters = counters
+        snap.expected = <double *>malloc((len(counters) + 1) * sizeof(double))
+        if snap.expected == NULL:
+            raise MemoryError()
+        for i in range(len(counters)):
+            snap.expected[i] = _counter_value(<cnp.ndarray>counters[i])
+        return snap
+
+    def same(self, mapping):
+        """Whether `mapping` and everything in it is as captured."""
+        cdef Py_ssize_t pos = 0, k = 0, i
+        cdef PyObject *key
+        cdef PyObject *value
+        if mapping is not self.mapping or PyDict_Size(mapping) * 2 != len(self.dicts):
+            return False
+        while PyDict_Next(mapping, &pos, &key, &value):
+            if <object>key is not self.dicts[2 * k] or <object>value is not self.dicts[2 * k + 1]:
+                return False
+            if not _items_same(<object>value, <tuple>self.entries[k]):
+                return False
+            k += 1
+        for i in range(len(self.counters)):
+            if _counter_value(<cnp.ndarray>self.counters[i]) != self.expected[i]:
+                return False
+        return True
+
+    def advance(self):
+        """The counters were advanced by one step (Plan.run)."""
+        for i in range(len(self.counters)):
+            self.expected[i] += 1
+
+
+cdef tuple _dict_items(object d):
+    if type(d) is not dict:
+        return None
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    out = []
+    while PyDict_Next(d, &pos, &key, &value):
+        out.append(<object>key)
+        out.append(<object>value)
+    return tuple(out)
+
+
+cdef bint _items_same(object d, tuple items):
+    if items is None or type(d) is not dict or PyDict_Size(d) * 2 != len(items):
+        return False
+    cdef Py_ssize_t pos = 0, k = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    while PyDict_Next(d, &pos, &key, &value):
+        if <object>key is not items[k] or <object>value is not items[k + 1]:
+            return False
+        k += 2
+    return True
+
+
+cdef inline double _counter_value(cnp.ndarray a):
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        return (<float *>cnp.PyArray_DATA(a))[0]
+    return (<double *>cnp.PyArray_DATA(a))[0]

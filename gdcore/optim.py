@@ -20,7 +20,7 @@ Nothing here is written per optimizer: each class is built from its
 declaration in gdcore/family.py (signature, defaults, checks, state and
 scalar state, docstring) by `_make_class`.
 """
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 import math
 
 import numpy as np
@@ -73,7 +73,10 @@ def _aligned_full(like, value, slot=0):
 def _aligned_copy(value, like, name, slot=0):
     """A 64-byte aligned copy of state array `value`, shaped like param `like`.
     Floating state is cast to the param's dtype, as torch does on load."""
-    value = np.asarray(value)
+    try:
+        value = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name} is not an array: {exc}") from None
     if value.shape != like.shape:
         raise ValueError(f"{name} has shape {value.shape} but its param has shape "
                          f"{like.shape}")
@@ -219,28 +222,41 @@ class Optimizer:
         Steps of one optimizer are serialised: a step from another thread
         waits for the running one; a step started from within a step (a
         grad's ``__array__``, say) raises RuntimeError."""
-        lock = self._lock
-        lock.acquire(f"{type(self).__name__}.step")
-        try:
-            self._step(grads, None)
-        finally:
-            lock.release()
+        self._lock.call(self, self._step, grads)
 
-    def _step(self, grads, counters):
-        """step(), with the lock held.  counters (gdcore.torch): 0-d arrays
-        to add 1 to after a step the cached plan ran; returns whether it did
-        (otherwise the step took the general path)."""
+    def _step(self, grads):
+        """step(), with the lock held."""
+        grads = self._convert(grads)
+        if not self._run_plan(grads, None):
+            self._general_step(grads)
+            self._build_plan()
+
+    @staticmethod
+    def _convert(grads):
+        """The grads as a new list of ndarrays and None: the only user code
+        a step runs, before anything is checked."""
         if type(grads) is not list:
             try:
                 grads = list(grads)
             except TypeError:
                 raise TypeError(f"grads must be a sequence with one grad per param, not "
                                 f"{type(grads).__name__}") from None
-        grads = _core.as_grads(grads)           # the only user code a step runs
+        return _core.as_grads(grads)
+
+    def _run_plan(self, grads, counters):
+        """The step on the cached plan, if it still holds.  counters
+        (gdcore.torch): 0-d arrays the plan adds 1 to with the step."""
         plan = self._plan
-        if plan is not None and plan.run(grads, counters):
+        state = self.state
+        if (plan is not None and type(state) is ParamState and type(self.param_groups) is list
+                and plan.run(grads, counters, self.param_groups, state._by_id)):
             self.last_step_created_state = False
             return True
+        return False
+
+    def _general_step(self, grads):
+        """The step that checks everything, creates missing state and then
+        caches a plan."""
         self._plan = None
         self.last_step_created_state = True     # (or may have: the general path)
         if not isinstance(self.state, ParamState):
@@ -263,6 +279,7 @@ class Optimizer:
             for p in group["params"]:
                 g = grads[position]
                 if g is not None:
+                    _core.check_param(p, f"params[{position}]")
                     state = self.state.get(p)
                     is_new = state is None
                     if is_new:
@@ -293,14 +310,16 @@ class Optimizer:
                 pending.append((batch, touched))
         # Everything checked: commit state and run, as one (see commit_and_run).
         _core.commit_and_run(spec, pending, self.state._by_id, self._counts_steps)
-        if len(self.state) == total:                # every param has state
+
+    def _build_plan(self):
+        """After a general step: cache a plan once every param has state."""
+        if len(self.state) == sum(len(group["params"]) for group in self.param_groups):
             try:
-                self._plan = _core.Plan.build(spec, self.param_groups, self.state._by_id)
+                self._plan = _core.Plan.build(self._spec, self.param_groups, self.state._by_id)
             except (TypeError, ValueError):
                 # state the user replaced by something a plan cannot hold: keep
                 # to the general path, which checks (and reports) it every step
                 self._plan = None
-        return False
 
     # ------------------------------------------------------ copy, pickle
     def __getstate__(self):
@@ -344,23 +363,45 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Load a state_dict() of an optimizer of the same type over params of
         the same shapes; hyperparameters come from it, as in torch.  Checks
-        everything before changing anything."""
-        try:
-            saved_groups = state_dict["param_groups"]
-            saved_state = state_dict["state"]
-        except (TypeError, KeyError):
-            raise ValueError("state_dict must have 'state' and 'param_groups'") from None
+        everything a later step would check before changing anything."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, not {type(state_dict).__name__}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r}")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError("state_dict['param_groups'] must be a list, not "
+                            f"{type(saved_groups).__name__}")
+        if not isinstance(saved_state, Mapping):
+            raise TypeError("state_dict['state'] must be a dict, not "
+                            f"{type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         numbering = {}
         new_groups = []
-        for group, saved in zip(self.param_groups, saved_groups):
+        for k, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            label = f"state_dict['param_groups'][{k}]"
+            if not isinstance(saved, Mapping) or "params" not in saved:
+                raise ValueError(f"{label} must be a dict with 'params'")
+            if not isinstance(saved["params"], (list, tuple)):
+                raise TypeError(f"{label}['params'] must be a list of param numbers")
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError("loaded state dict contains a parameter group that doesn't "
                                  "match the size of optimizer's group")
             for saved_index, p in zip(saved["params"], group["params"]):
+                try:
+                    hash(saved_index)
+                except TypeError:
+                    raise TypeError(f"{label}['params'] holds {saved_index!r}, not a param "
+                                    "number") from None
+                if saved_index in numbering:
+                    raise ValueError(f"{label}['params'] numbers param {saved_index!r} twice")
                 numbering[saved_index] = p
             new_group = {k: v for k, v in saved.items() if k != "params"}
+            missing = [name for name in self.defaults if name not in new_group]
+            if missing:
+                raise ValueError(f"{label} has no {missing[0]!r}")
             new_group["params"] = group["params"]
             self._check(new_group)
             new_groups.append(new_group)
@@ -368,22 +409,28 @@ class Optimizer:
         for key, entry in saved_state.items():
             if key not in numbering:
                 raise ValueError(f"state_dict has state for param {key}, which no group has")
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"state[{key}] must be a dict, not {type(entry).__name__}")
             p = numbering[key]
             loaded = {}
             for name, value in entry.items():
+                label = f"state[{key}][{name!r}]"
                 if name in self._spec.slot_names:
-                    loaded[name] = _aligned_copy(value, p, f"state[{key}][{name!r}]",
+                    if value is None:
+                        if self._counts_steps:
+                            raise TypeError(f"{label} is None; a state buffer is an array")
+                        continue        # SGD: none yet (torch starts it from the grad)
+                    loaded[name] = _aligned_copy(value, p, label,
                                                  self._spec.slot_names.index(name))
                 elif name in self._spec.scalar_names:
-                    loaded[name] = _scalar_copy(value, f"state[{key}][{name!r}]")
+                    loaded[name] = _scalar_copy(value, label)
                 elif name == "step":
-                    step = float(value) if not isinstance(value, (int, np.integer)) else value
-                    if not (step >= 0 and float(step).is_integer()):
-                        raise ValueError(f"state[{key}]['step'] must be a whole number >= 0")
-                    loaded[name] = int(step)
+                    loaded[name] = _loaded_step(value, label)
                 else:
                     raise ValueError(f"state[{key}] has unknown entry {name!r}; "
                                      f"{type(self).__name__} keeps {self._state_arrays}")
+            if self._counts_steps and "step" not in loaded:
+                raise ValueError(f"state[{key}] has no 'step' (a step would need it)")
             new_state[p] = loaded
         self.param_groups = new_groups
         self.state = new_state
@@ -413,6 +460,21 @@ def _check_disjoint(params):
             first, second = sorted((a, b))
             raise ValueError(f"params[{second}] {what} params[{first}]; "
                              "each param must be a distinct buffer")
+
+
+def _loaded_step(value, label):
+    """A step counter from a state dict (int, float, 0-d array or tensor) as
+    an int >= 0."""
+    try:
+        array = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{label} must be a whole number") from None
+    if array.ndim != 0 or array.dtype.kind not in "fiu":
+        raise TypeError(f"{label} must be a whole number, got {value!r}")
+    step = array.reshape(()).item()
+    if not (0 <= step < 2**63 - 1 and float(step).is_integer()):
+        raise ValueError(f"{label} must be a whole number >= 0 (below 2**63 - 1), got {step!r}")
+    return int(step)
 
 
 def _state_step(state, position):

@@ -30,6 +30,8 @@ compatibility and change nothing (gdcore's kernel is always fused);
 ``differentiable=True`` is not supported.
 """
 import functools
+import signal
+import threading
 from itertools import chain
 
 import torch
@@ -107,9 +109,26 @@ class _GdcoreBackend:
                              "differentiable=True (its kernels are not traced by autograd)")
         self._step_supports_amp_scaling = False     # step(closure) only
         self._gd_fallback = bool(fallback)
-        self._gd_engine = None
+        self._gd_reset()
         for index, p in enumerate(self._gd_flat_params()):
             self._gd_check_param(p, index)
+
+    def _gd_reset(self):
+        """Forget the engine (rebuilt from torch's state at the next step)."""
+        self._gd_engine = None
+        self._gd_snapshot = None
+        self._gd_lock = _core.StepLock()
+
+    # ------------------------------------------------------ copy, pickle
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_gd_fallback"] = self._gd_fallback
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._gd_fallback = state.get("_gd_fallback", False)
+        self._gd_reset()
 
     # ------------------------------------------------------------ helpers
     def _gd_flat_params(self):
@@ -140,8 +159,12 @@ class _GdcoreBackend:
         super().add_param_group(param_group)
         if hasattr(self, "_gd_fallback"):
             start = len(self._gd_flat_params()) - len(self.param_groups[-1]["params"])
-            for k, p in enumerate(self.param_groups[-1]["params"]):
-                self._gd_check_param(p, start + k)
+            try:
+                for k, p in enumerate(self.param_groups[-1]["params"]):
+                    self._gd_check_param(p, start + k)
+            except TypeError:
+                self.param_groups.pop()             # refused: as if never added
+                raise
             self._gd_engine = None
 
     def load_state_dict(self, state_dict):
@@ -156,6 +179,8 @@ class _GdcoreBackend:
         """A gdcore engine over NumPy views of the supported params, its state
         views of torch's state tensors."""
         engine_keys = self._engine_class._spec.keys
+        for index, p in enumerate(self._gd_flat_params()):
+            self._gd_check_param(p, index)      # (p.data may have been replaced)
         self._gd_pairs = []             # (engine group, torch group)
         self._gd_params = []            # supported params, engine order
         self._gd_views = []
@@ -190,6 +215,7 @@ class _GdcoreBackend:
                 if state:
                     engine.state[view] = self._gd_engine_state(state)
         self._gd_engine = engine
+        self._gd_snapshot = None
         self._gd_layout_seen = self._gd_layout()
         self._gd_last_stepped, self._gd_counters = None, []
         self._gd_all = list(range(len(self._gd_params)))
@@ -219,7 +245,22 @@ class _GdcoreBackend:
         return loss
 
     def _gd_step(self):
-        if self._gd_engine is None or self._gd_layout_seen != self._gd_layout():
+        self._gd_lock.call(self, self._gd_step_locked, True)
+
+    def _gd_current(self):
+        """Whether the engine is still in step with torch's params, groups
+        and state (else it is rebuilt from them)."""
+        snapshot = self._gd_snapshot
+        if (self._gd_engine is None or snapshot is None or not snapshot.same(self.state)
+                or self._gd_layout_seen != self._gd_layout()):
+            return False
+        params = self._gd_params
+        # p.data = ... (new memory, or a new view of the same memory)
+        return [p.data_ptr() for p in params] == self._gd_ptrs and \
+            all([p.is_contiguous() for p in params])
+
+    def _gd_step_locked(self, retry):
+        if not self._gd_current():
             self._gd_build()
         dynamic_fallback = []
         engine = self._gd_engine
@@ -229,17 +270,38 @@ class _GdcoreBackend:
                     if key != "params":
                         engine_group[key] = group[key]
             params = self._gd_params
-            if [p.data_ptr() for p in params] != self._gd_ptrs:     # p.data was replaced
-                self._gd_build()
-                return self._gd_step()
             try:        # the common case: every param has a dense CPU grad
                 grads = [p.grad.numpy() for p in params]
                 stepped = self._gd_all
             except (AttributeError, TypeError, RuntimeError, NotImplementedError):
                 grads, stepped = self._gd_collect(dynamic_fallback)
-            engine.step(grads)                          # dtype/shape: the engine checks
-            self._gd_publish(stepped, engine.last_step_created_state)
+            grads = engine._convert(grads)
+            counters = self._gd_counters if stepped is self._gd_last_stepped or \
+                stepped == self._gd_last_stepped else None
+            try:
+                if counters is not None and engine._run_plan(grads, counters):
+                    self._gd_snapshot.advance()     # the plan advanced torch's steps
+                else:
+                    # The general path: the engine's step and torch's new state
+                    # and step counters, with Ctrl-C held back until both are done.
+                    caught = _hold_interrupts()
+                    try:
+                        engine._general_step(grads)     # dtype/shape: the engine checks
+                        self._gd_publish(stepped)
+                    finally:
+                        _release_interrupts(caught)
+                    engine._build_plan()
+            except (TypeError, ValueError):
+                # Refused before anything changed.  A param whose data was
+                # replaced by another view of the same memory (p.data =
+                # p.data.view(...)) shows only here: rebuild and try once more.
+                if not retry:
+                    raise
+                self._gd_engine = None
+                return self._gd_step_locked(False)
         self._gd_run_fallback(dynamic_fallback)
+        if self._gd_snapshot is None and self._gd_engine is not None:
+            self._gd_snapshot = _core.StateSnapshot.capture(self.state, self._gd_counters)
 
     def _gd_collect(self, dynamic_fallback):
         """Grads (NumPy views, None to skip) and the indices stepped, one
@@ -254,8 +316,10 @@ class _GdcoreBackend:
             try:                                    # CPU, strided: a zero-copy view
                 view = g.numpy()
             except (TypeError, RuntimeError):
-                view = None if g.is_sparse or g.device.type != "cpu" else \
-                    g.detach().numpy()              # a grad that requires grad
+                # a grad that requires grad, or a negative/conjugate view
+                # (read through a resolved copy)
+                view = None if g.is_sparse or g.device.type != "cpu" or \
+                    g.layout != torch.strided else g.detach().resolve_neg().resolve_conj().numpy()
             if view is None:
                 if not self._gd_fallback:
                     what = ("a sparse grad" if g.is_sparse else
@@ -272,16 +336,19 @@ class _GdcoreBackend:
             stepped.append(index)
         return grads, stepped
 
-    def _gd_publish(self, stepped, created):
-        """Mirror the engine's new state into torch's and advance `step`."""
-        if not created and (stepped is self._gd_last_stepped or stepped == self._gd_last_stepped):
-            _core.increment_counters(self._gd_counters)    # the common case: one call
-            return
+    def _gd_publish(self, stepped):
+        """After a general step: mirror the engine's new state into torch's
+        (a param without state keeps none, as in torch), advance `step`, and
+        remember the counters for the plan's steps."""
         counters = []
         for index in stepped:
             p, view = self._gd_params[index], self._gd_views[index]
-            state = self.state[p]
             engine_state = self._gd_engine.state[view]
+            state = self.state.get(p)
+            if state is None:
+                if not engine_state:
+                    continue                        # SGD without momentum keeps nothing
+                state = self.state[p]
             if len(state) < len(engine_state) or "step" not in state and "step" in engine_state:
                 for name, value in engine_state.items():
                     if name == "step":
@@ -292,12 +359,14 @@ class _GdcoreBackend:
                         state[name] = torch.from_numpy(value)
             step = state.get("step")
             if step is not None:
-                if not (step.device.type == "cpu" and step.dtype in _DTYPES and step.numel() == 1):
+                if not (step.device.type == "cpu" and step.dtype in _DTYPES and step.numel() == 1
+                        and step.layout == torch.strided and not step.requires_grad):
                     step = state["step"] = torch.tensor(float(step.item()),
                                                         dtype=_get_scalar_dtype())
                 counters.append(step.numpy())
         _core.increment_counters(counters)
         self._gd_last_stepped, self._gd_counters = stepped, counters
+        self._gd_snapshot = None                    # captured after the step
 
     def _gd_run_fallback(self, dynamic):
         if not dynamic and not any(self._gd_static_fallback):
@@ -316,6 +385,31 @@ class _GdcoreBackend:
         self._torch_class.step(fallback)
         if dynamic:
             self._gd_engine = None       # torch advanced some steps: re-read state
+        self._gd_snapshot = None
+
+
+def _hold_interrupts():
+    """While the general path commits, a SIGINT is recorded instead of
+    raising KeyboardInterrupt half-way (main thread, default handler only);
+    _release_interrupts raises it afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return None
+        caught = []
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except (ValueError, OSError):
+        return None
+    return caught
+
+
+def _release_interrupts(caught):
+    if caught is None:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _make(name, torch_class, engine_class, doc):
