@@ -465,13 +465,7 @@ def _check_disjoint(params):
 def _loaded_step(value, label):
     """A step counter from a state dict (int, float, 0-d array or tensor) as
     an int >= 0."""
-    try:
-        array = np.asarray(value)
-    except Exception:
-        raise TypeError(f"{label} must be a whole number") from None
-    if array.ndim != 0 or array.dtype.kind not in "fiu":
-        raise TypeError(f"{label} must be a whole number, got {value!r}")
-    step = array.reshape(()).item()
+    step = _loaded_number(value, label, "a whole number").item()
     if not (0 <= step < 2**63 - 1 and float(step).is_integer()):
         raise ValueError(f"{label} must be a whole number >= 0 (below 2**63 - 1), got {step!r}")
     return int(step)
@@ -502,14 +496,21 @@ def _scalar_copy(value, name):
     """Scalar state from a state dict (number, 0-d array or tensor) as a 0-d
     array: float64 stays float64, anything else becomes float32 (torch's
     default scalar dtype)."""
+    array = _loaded_number(value, name, "a real number")
+    dtype = np.float64 if array.dtype == np.float64 else np.float32
+    return np.array(array, dtype=dtype)
+
+
+def _loaded_number(value, label, what):
+    """A number from a state dict (Python number, 0-d array or tensor) as a
+    0-d array of a real dtype."""
     try:
         array = np.asarray(value)
     except Exception:
-        raise TypeError(f"{name} must be a real number") from None
-    if array.size != 1 or array.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    dtype = np.float64 if array.dtype == np.float64 else np.float32
-    return np.array(array.reshape(()), dtype=dtype)
+        raise TypeError(f"{label} must be {what}") from None
+    if array.ndim != 0 or array.dtype.kind not in "fiu":
+        raise TypeError(f"{label} must be {what}, got {value!r}")
+    return array
 
 
 def _class_docstring(decl):

@@ -368,23 +368,20 @@ def test_deepcopy_of_model_and_optimizer(name, dtype):
     ref_model2, ref_opt2 = copy.deepcopy((ref_model, ref_opt))
     assert [p is q for p, q in zip(our_opt2.param_groups[0]["params"], our_model2)] == \
         [p is q for p, q in zip(ref_opt2.param_groups[0]["params"], ref_model2)]
+    def two_steps(ours, opt, ref, ref_opt, label):
+        for t in (2, 3):
+            set_grads(list(ours), t)
+            set_grads(list(ref), t)
+            opt.step()
+            ref_opt.step()
+            assert_params_match(list(ours), list(ref), f"{label}, step {t}")
+            assert_states_match(opt, ref_opt, f"{label}, step {t}")
+
     before = snapshot(our_opt, list(our_model))
-    for t in (2, 3):
-        set_grads(list(our_model2), t)
-        set_grads(list(ref_model2), t)
-        our_opt2.step()
-        ref_opt2.step()
-        assert_params_match(list(our_model2), list(ref_model2), f"copy, step {t}")
-        assert_states_match(our_opt2, ref_opt2, f"copy, step {t}")
+    two_steps(our_model2, our_opt2, ref_model2, ref_opt2, "copy")
     assert_unchanged(our_opt, list(our_model), before, "the original, after the copy stepped")
     copied = snapshot(our_opt2, list(our_model2))
-    for t in (2, 3):
-        set_grads(list(our_model), t)
-        set_grads(list(ref_model), t)
-        our_opt.step()
-        ref_opt.step()
-        assert_params_match(list(our_model), list(ref_model), f"original, step {t}")
-        assert_states_match(our_opt, ref_opt, f"original, step {t}")
+    two_steps(our_model, our_opt, ref_model, ref_opt, "original")
     assert_unchanged(our_opt2, list(our_model2), copied, "the copy, after the original stepped")
 
 
