@@ -200,6 +200,9 @@ def wide_domain(dtype):
     return 2.0**-e, 2.0**e
 
 
+WIDE_RATE_MAX = 16.0
+
+
 def wide_range_space(decl, dtype):
     """Every valid value inside the wide domain, plus the tiny eps values
     (any eps > 0 is valid, down to the dtype's smallest subnormal)."""
@@ -207,13 +210,21 @@ def wide_range_space(decl, dtype):
     space = full_range_space(decl, dtype)
     out = {}
     for key, spec in space.items():
-        # Adadelta takes one root of (acc + eps) / (v + eps): a subnormal eps
-        # loses digits there that torch's two roots keep (README).
-        out[key] = _clip_spec(spec, lo, hi, keep_tiny=key == "eps" and decl.name != "Adadelta")
+        # Rates that multiply a value every step (lr, weight_decay, momentum,
+        # ...) up to WIDE_RATE_MAX, so that a few steps keep the values in
+        # the domain; eps anywhere above 0 (but Adadelta: one root of
+        # (acc + eps) / (v + eps) loses digits with a subnormal eps that
+        # torch's two roots keep; README).
+        top = hi if key in ("eps", "t0") else WIDE_RATE_MAX
+        out[key] = _clip_spec(spec, lo, top,
+                              keep_tiny=key == "eps" and decl.name != "Adadelta")
+    if decl.name == "ASGD":
+        out["alpha"] = Spec([0.0, 0.75, 1.0, -1.0, 2.0], -2.0, 2.0)
     if decl.name == "RMSprop":
         # centered with alpha -> 0: v - ga^2 cancels to exactly 0 in gdcore,
         # to the rounding residual of g^2 in torch's fused multiply-add (README)
-        out["alpha"] = Spec([1e-3, 0.3, 0.9, 0.99, 1 - 2.0**-24], 1e-3, 1.0)
+        # (relative error of v - ga^2 about machine epsilon / alpha)
+        out["alpha"] = Spec([0.1, 0.3, 0.9, 0.99, 1 - 2.0**-24], 0.1, 1.0)
     return out
 
 
@@ -227,7 +238,7 @@ def _clip_spec(spec, lo, hi, keep_tiny=False):
                                             abs(e) <= 1.0 and abs(e) >= 1e-8)]
     if spec.lo is None:
         return Spec(edges)
-    new_lo = spec.lo if spec.lo <= 0 and not spec.log else max(spec.lo, lo)
+    new_lo = spec.lo if spec.lo < 0 else max(spec.lo, lo)
     new_hi = min(spec.hi, hi)
     if new_lo > new_hi:
         return Spec(edges or [0.0])
@@ -485,6 +496,8 @@ _PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + (
 
 
 def fuzz(examples):
+    """Fixed example counts; GDCORE_FUZZ_SCALE=k runs k times as many."""
+    examples *= int(os.environ.get("GDCORE_FUZZ_SCALE", "1"))
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                     print_blob=False, phases=_PHASES,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

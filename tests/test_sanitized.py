@@ -36,7 +36,7 @@ def test_boundary_tests_pass_under_asan_and_ubsan(tmp_path):
         # (without the line-by-line interrupt tests and the import-time
         # environment tests: they exercise Python code, at minutes under ASan)
         ["bash", os.path.join(HERE, "sanitize.sh"), "tests/test_reliability.py",
-         "tests/test_bad_input.py", "-x", "-q", "-k", "not interrupted and not NUM_THREADS"],
+         "tests/test_bad_input.py", "-x", "-k", "not interrupted and not NUM_THREADS"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-8000:]
