@@ -1223,7 +1223,7 @@ cdef class StepLock:
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
-    def acquire(self, optimizer):
+    cdef int _acquire(self, object optimizer) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             if self.held and self.owner == me:
@@ -1235,20 +1235,53 @@ cdef class StepLock:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.owner = me
         self.held = True
+        return 0
 
-    def release(self):
+    cdef inline void _release(self) noexcept:
         self.held = False
         PyThread_release_lock(self.lock)
+
+    def acquire(self, optimizer):
+        self._acquire(optimizer)
+
+    def release(self):
+        self._release()
 
     def call(self, optimizer, method, arg):
         """method(arg) with the lock held (acquired and released in C, so an
         exception from a signal handler cannot land between the two)."""
-        self.acquire(optimizer)
+        self._acquire(optimizer)
         try:
             return method(arg)
         finally:
-            self.held = False
-            PyThread_release_lock(self.lock)
+            self._release()
+
+
+PARAM_STATE_TYPE = None         # gdcore.optim.ParamState (set by gdcore.optim)
+
+
+def class_step(object optimizer, object grads):
+    """gdcore.optim.Optimizer.step: with the optimizer's StepLock held,
+    convert the grads (the only user code), run the cached plan if it still
+    holds, else the general step and a new plan.  In Cython, because this is
+    the whole per-call cost of a small step."""
+    cdef StepLock lock = <StepLock?>optimizer._lock
+    cdef Plan plan
+    lock._acquire(optimizer)
+    try:
+        grads = as_grads(grads) if type(grads) is list else optimizer._convert(grads)
+        plan_obj = optimizer._plan
+        state = optimizer.state
+        groups = optimizer.param_groups
+        if plan_obj is not None and type(state) is PARAM_STATE_TYPE and type(groups) is list:
+            plan = <Plan>plan_obj
+            if plan.run(grads, None, groups, state._by_id):
+                optimizer.last_step_created_state = False
+                return
+        optimizer._general_step(grads)
+        optimizer._build_plan()
+    finally:
+        lock._release()
 
 
 # ------------------------------------------- gdcore.torch's state watch

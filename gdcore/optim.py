@@ -128,6 +128,9 @@ class ParamState(MutableMapping):
         return _param_state, (list(self._by_id.values()),)
 
 
+_core.PARAM_STATE_TYPE = ParamState
+
+
 def _param_state(entries):
     state = ParamState()
     for param, value in entries:
@@ -222,14 +225,7 @@ class Optimizer:
         Steps of one optimizer are serialised: a step from another thread
         waits for the running one; a step started from within a step (a
         grad's ``__array__``, say) raises RuntimeError."""
-        self._lock.call(self, self._step, grads)
-
-    def _step(self, grads):
-        """step(), with the lock held."""
-        grads = self._convert(grads)
-        if not self._run_plan(grads, None):
-            self._general_step(grads)
-            self._build_plan()
+        _core.class_step(self, grads)      # (lock, grads, plan or general step)
 
     @staticmethod
     def _convert(grads):

@@ -533,6 +533,7 @@ def test_interrupt_at_any_line_of_a_step_is_all_or_nothing(name, step):
         before = snapshot(our_opt, ours)
         tracer = InterruptAtLine(n)
         old = sys.gettrace()
+        grad_mode = torch.is_grad_enabled()
         sys.settrace(tracer)
         try:
             our_opt.step()
@@ -541,6 +542,9 @@ def test_interrupt_at_any_line_of_a_step_is_all_or_nothing(name, step):
             interrupted = True
         finally:
             sys.settrace(old)
+            # the handler may run inside torch.no_grad's own __exit__ (torch's
+            # Python code), which then leaves grad mode off: not gdcore's state
+            torch.set_grad_enabled(grad_mode)
         if not interrupted:
             break
         problem = _check_all_or_nothing(ours, our_opt, before, ref, ref_opt, warmup,
