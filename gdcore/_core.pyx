@@ -1241,12 +1241,6 @@ cdef class StepLock:
         self.held = False
         PyThread_release_lock(self.lock)
 
-    def acquire(self, optimizer):
-        self._acquire(optimizer)
-
-    def release(self):
-        self._release()
-
     def call(self, optimizer, method, arg):
         """method(arg) with the lock held (acquired and released in C, so an
         exception from a signal handler cannot land between the two)."""
@@ -1266,22 +1260,32 @@ def class_step(object optimizer, object grads):
     holds, else the general step and a new plan.  In Cython, because this is
     the whole per-call cost of a small step."""
     cdef StepLock lock = <StepLock?>optimizer._lock
-    cdef Plan plan
     lock._acquire(optimizer)
     try:
         grads = as_grads(grads) if type(grads) is list else optimizer._convert(grads)
-        plan_obj = optimizer._plan
-        state = optimizer.state
-        groups = optimizer.param_groups
-        if plan_obj is not None and type(state) is PARAM_STATE_TYPE and type(groups) is list:
-            plan = <Plan>plan_obj
-            if plan.run(grads, None, groups, state._by_id):
-                optimizer.last_step_created_state = False
-                return
-        optimizer._general_step(grads)
-        optimizer._build_plan()
+        if not _plan_step(optimizer, grads, None):
+            optimizer._general_step(grads)
+            optimizer._build_plan()
     finally:
         lock._release()
+
+
+def run_plan(object optimizer, list grads, list counters):
+    """The step on `optimizer`'s cached plan, if it still holds (gdcore.torch:
+    counters, 0-d arrays advanced with the step); returns whether it ran."""
+    return _plan_step(optimizer, grads, counters)
+
+
+cdef bint _plan_step(object optimizer, list grads, list counters) except -1:
+    plan_obj = optimizer._plan
+    state = optimizer.state
+    groups = optimizer.param_groups
+    if plan_obj is None or type(state) is not PARAM_STATE_TYPE or type(groups) is not list:
+        return False
+    if not (<Plan>plan_obj).run(grads, counters, groups, state._by_id):
+        return False
+    optimizer.last_step_created_state = False
+    return True
 
 
 # ------------------------------------------- gdcore.torch's state watch

@@ -239,17 +239,6 @@ class Optimizer:
                                 f"{type(grads).__name__}") from None
         return _core.as_grads(grads)
 
-    def _run_plan(self, grads, counters):
-        """The step on the cached plan, if it still holds.  counters
-        (gdcore.torch): 0-d arrays the plan adds 1 to with the step."""
-        plan = self._plan
-        state = self.state
-        if (plan is not None and type(state) is ParamState and type(self.param_groups) is list
-                and plan.run(grads, counters, self.param_groups, state._by_id)):
-            self.last_step_created_state = False
-            return True
-        return False
-
     def _general_step(self, grads):
         """The step that checks everything, creates missing state and then
         caches a plan."""

@@ -279,7 +279,7 @@ class _GdcoreBackend:
             counters = self._gd_counters if stepped is self._gd_last_stepped or \
                 stepped == self._gd_last_stepped else None
             try:
-                if counters is not None and engine._run_plan(grads, counters):
+                if counters is not None and _core.run_plan(engine, grads, counters):
                     self._gd_snapshot.advance()     # the plan advanced torch's steps
                 else:
                     # The general path: the engine's step and torch's new state
