@@ -5,7 +5,7 @@ The C kernels (csrc/) are compiled into the extension with
                         errno semantics, which blocks it),
   -ffp-contract=off     so that every code path rounds alike (bitwise results
                         independent of thread count and instruction set),
-  -fopenmp              when the compiler supports it (probed below).
+  -pthread              gdcore's thread pool (csrc/gd_runtime.c); no OpenMP.
 No -march flag: the kernels carry their own AVX-512/AVX2/baseline variants
 and pick one at load time (see csrc/gd_internal.h).
 Set GDCORE_DEBUG=1 to build with Cython's bounds checks on and -O0.
@@ -15,9 +15,7 @@ from gdcore/family.py: csrc/gd_family.h (options structs, kernel list) and
 csrc/gd_family.inc (kernel bodies).  Both are build outputs (untracked).
 """
 import os
-import subprocess
 import sys
-import tempfile
 
 import runpy
 
@@ -25,20 +23,6 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-
-
-def _compiler_accepts(compiler, flags):
-    """Whether `compiler` compiles and links a tiny OpenMP program with flags."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
-        try:
-            objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-            compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=flags)
-        except Exception:
-            return False
-    return True
 
 
 class BuildExt(build_ext):
@@ -57,13 +41,13 @@ class BuildExt(build_ext):
             base = ["-O1", "-g", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] + sanitize
             if os.environ.get("GDCORE_SANITIZE_BASELINE") == "1":
                 base.append("-DGD_NO_CLONES")
-        omp = ["-fopenmp"] if unix else ["/openmp"]
-        use_omp = os.environ.get("GDCORE_NO_OPENMP") != "1" and _compiler_accepts(self.compiler, omp)
-        if not use_omp:
-            print("gdcore: building without OpenMP (kernels run on one thread)", file=sys.stderr)
+        threads = ["-pthread"] if unix else []
+        if os.environ.get("GDCORE_NO_THREADS") == "1":
+            print("gdcore: building without threads (kernels run on one thread)", file=sys.stderr)
+            threads = ["-DGD_NO_THREADS"]
         for ext in self.extensions:
-            ext.extra_compile_args = base + (omp if use_omp else [])
-            ext.extra_link_args = (omp if use_omp else []) + sanitize
+            ext.extra_compile_args = base + threads
+            ext.extra_link_args = [f for f in threads if f == "-pthread"] + sanitize
         super().build_extensions()
 
 

@@ -370,8 +370,9 @@ def main(argv=None):
     checks = targets(records, overhead, all_cores, small_threads, scaling)
     lines = [f"# gdcore benchmark report", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores; gdcore kernels: "
-             f"{machine['gdcore_build']['isa']}, OpenMP "
-             f"{'on' if machine['gdcore_build']['openmp'] else 'off'}; versions: "
+             f"{machine['gdcore_build']['isa']}, thread pool "
+             f"{'on' if machine['gdcore_build']['threads'] else 'off'} (idle workers spin "
+             f"{machine['gdcore_build']['spin_us']} us); versions: "
              + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
              + f"; DeepSpeed {machine['deepspeed']}.", "",
              f"Mode: {'smoke' if args.smoke else 'full' if args.full else 'quick'}; median "

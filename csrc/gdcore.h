@@ -70,11 +70,15 @@ int gd_kernel_options(int kernel);
 void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers,
                int64_t count);
 
-/* Threads.  Set/get the number of OpenMP threads a kernel call may use; with
- * OpenMP off it is always 1.  Results do not depend on it, bit for bit. */
+/* Threads.  Set/get the number of threads a kernel call may use (the
+ * calling thread plus workers of gdcore's pool); in a build without threads
+ * it is always 1.  Results do not depend on it, bit for bit. */
 void gd_set_num_threads(int n);
 int gd_get_num_threads(void);
-int gd_openmp_enabled(void);
+/* 1 when the thread pool is built in; the microseconds an idle worker spins
+ * before it sleeps. */
+int gd_threads_enabled(void);
+int gd_spin_us(void);
 /* Smallest total element count for which a call goes parallel. */
 int64_t gd_parallel_threshold(void);
 

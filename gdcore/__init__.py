@@ -21,14 +21,15 @@ __version__ = "0.1.0"
 
 
 def _threads_from_environment():
-    """GDCORE_NUM_THREADS, else OMP_NUM_THREADS as OpenMP reads it, else the
-    CPUs this process may run on; fixed at import, so that a shared OpenMP
-    runtime's setting (torch.set_num_threads) does not leak into gdcore."""
+    """GDCORE_NUM_THREADS, else the first number of OMP_NUM_THREADS (the
+    variable most CPU numeric libraries read), else the CPUs this process may
+    run on; fixed at import (torch.set_num_threads never changes it)."""
     value = _os.environ.get("GDCORE_NUM_THREADS", "").strip()
     if not value:
-        if "OMP_NUM_THREADS" in _os.environ:
-            set_num_threads(get_num_threads())
-        elif build_info()["openmp"]:
+        omp = _os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        if omp.isdigit() and int(omp) >= 1:
+            set_num_threads(int(omp))
+        else:
             try:
                 set_num_threads(len(_os.sched_getaffinity(0)))
             except AttributeError:                  # not on Linux

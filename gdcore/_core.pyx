@@ -69,7 +69,7 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads a kernel call may use (1 without OpenMP)."""
+    """The number of threads a kernel call may use (1 in a build without threads)."""
     return gd_get_num_threads()
 
 
@@ -77,14 +77,17 @@ def build_info():
     """How the kernels were built and what they run with on this CPU.
 
     Keys: ``isa`` (the instruction set the runtime dispatcher selects here),
-    ``isa_compiled`` (the variants built in), ``openmp`` (bool),
-    ``num_threads``, ``parallel_threshold`` (elements per call below which a
-    call stays on one thread), ``kernels`` (the compiled optimizer kernels).
+    ``isa_compiled`` (the variants built in), ``threads`` (bool: gdcore's
+    thread pool is built in), ``spin_us`` (how long an idle worker spins
+    before it sleeps), ``num_threads``, ``parallel_threshold`` (elements per
+    call below which a call stays on one thread), ``kernels`` (the compiled
+    optimizer kernels).
     """
     return {
         "isa": gd_isa_selected().decode(),
         "isa_compiled": gd_isa_compiled().decode(),
-        "openmp": bool(gd_openmp_enabled()),
+        "threads": bool(gd_threads_enabled()),
+        "spin_us": gd_spin_us(),
         "num_threads": gd_get_num_threads(),
         "parallel_threshold": gd_parallel_threshold(),
         "kernels": [gd_kernel_name(k).decode() for k in range(GD_KERNEL_COUNT)],

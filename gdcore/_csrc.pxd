@@ -29,7 +29,8 @@ cdef extern from "gdcore.h" nogil:
 
     void gd_set_num_threads(int n)
     int gd_get_num_threads()
-    int gd_openmp_enabled()
+    int gd_threads_enabled()
+    int gd_spin_us()
     int64_t gd_parallel_threshold()
     const char *gd_isa_selected()
     const char *gd_isa_compiled()

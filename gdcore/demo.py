@@ -19,7 +19,7 @@ def _quadratic_problem(dtype, n=10_000, seed=0):
 def main():
     info = gdcore.build_info()
     print(f"gdcore {gdcore.__version__}: kernels run as {info['isa']} "
-          f"(built: {info['isa_compiled']}); OpenMP {'on' if info['openmp'] else 'off'}, "
+          f"(built: {info['isa_compiled']}); threads {'on' if info['threads'] else 'off'}, "
           f"{info['num_threads']} thread(s), parallel above {info['parallel_threshold']:,} "
           "elements per call")
 

@@ -552,7 +552,7 @@ def test_good_GDCORE_NUM_THREADS_is_used():
     r = run_python("import gdcore; print('threads', gdcore.get_num_threads())",
                    env={"GDCORE_NUM_THREADS": "2"}, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
-    expected = 2 if gdcore.build_info()["openmp"] else 1
+    expected = 2 if gdcore.build_info()["threads"] else 1
     assert f"threads {expected}" in r.stdout
     assert "GDCORE_NUM_THREADS" not in r.stderr
 
