@@ -55,3 +55,14 @@ def test_report_smoke(tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 0
     text = (tmp_path / "report.md").read_text()
     assert "Targets" in text and "Adam float32 4,096" in text
+
+
+def test_thread_rows_run():
+    """The report's busy-core and after-idle rows run end to end (tiny sizes)."""
+    from bench import threads
+    busy = threads.busy_core(size=1 << 17, rounds=1, steps=2)
+    idle = threads.after_idle(size=1 << 17, rounds=1, idle=0.001)
+    for samples in (busy, idle):
+        assert {"gdcore x1", "gdcore x2"} <= set(samples)
+        assert all(len(v) == 1 and v[0] > 0 for v in samples.values())
+    assert "gdcore x2" in threads.table(busy, "t")

@@ -85,7 +85,6 @@
 #define GD_SPIN_US_MAX 10000
 #define GD_YIELD_CONTENDED_NS 20000
 
-static int gd_num_threads = 0; /* 0: not set yet, use the CPU count */
 
 int64_t gd_parallel_threshold(void)
 {
@@ -426,17 +425,31 @@ static int gd_cpu_count(void)
     return 1;
 }
 
+#if GD_HAVE_POOL
+/* Set from Python (GIL held), read by every call (GIL released). */
+static _Atomic int gd_num_threads = 0; /* 0: not set yet, use the CPU count */
+#endif
+
 void gd_set_num_threads(int n)
 {
-    gd_num_threads = n < 1 ? 1 : n;
+#if GD_HAVE_POOL
+    atomic_store_explicit(&gd_num_threads, n < 1 ? 1 : n, memory_order_relaxed);
+#else
+    (void)n;
+#endif
 }
 
 int gd_get_num_threads(void)
 {
 #if GD_HAVE_POOL
-    if (gd_num_threads == 0)
-        gd_num_threads = gd_cpu_count();
-    return gd_num_threads;
+    int n = atomic_load_explicit(&gd_num_threads, memory_order_relaxed);
+    if (n == 0) {
+        int expected = 0;
+        n = gd_cpu_count();
+        if (!atomic_compare_exchange_strong(&gd_num_threads, &expected, n))
+            n = expected;
+    }
+    return n;
 #else
     return 1;
 #endif

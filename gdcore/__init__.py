@@ -44,4 +44,16 @@ def _threads_from_environment():
     set_num_threads(n)
 
 
+
+def _check_spin_from_environment():
+    """GDCORE_SPIN_US (read by the C runtime when it loads): how long an idle
+    worker spins before it sleeps, a whole number of microseconds in
+    [0, 10000]; the runtime ignores anything else, so refuse it here."""
+    value = _os.environ.get("GDCORE_SPIN_US")
+    if value is not None and not (value.isascii() and value.isdigit() and int(value) <= 10000):
+        raise ValueError("GDCORE_SPIN_US must be a whole number of microseconds in "
+                         f"[0, 10000], got {value!r}")
+
+
+_check_spin_from_environment()
 _threads_from_environment()
