@@ -22,10 +22,16 @@ the group hyperparameters into it (so schedulers work), and advances torch's
 state whenever the params or the state were replaced (load_state_dict,
 add_param_group, ``p.data = ...``).
 
+DTensor params (FSDP2's ``fully_shard``, tensor parallelism) are stepped by
+their local shards, zero-copy; their state tensors are DTensors laid out as
+the param, as torch.optim creates them, so ``state_dict()`` and distributed
+checkpointing see what they see with torch.optim.  A DTensor grad must have
+its param's placements.
+
 Params the kernels cannot take (not on the CPU, not contiguous, not
-float32/float64) and sparse grads raise a clear error naming the param; with
-``fallback=True`` they are stepped by torch's own implementation instead,
-with the same state.  ``foreach`` and ``fused`` are accepted for
+float32/float64, other tensor subclasses) and sparse grads raise a clear
+error naming the param; with ``fallback=True`` they are stepped by torch's
+own implementation instead, with the same state.  ``foreach`` and ``fused`` are accepted for
 compatibility and change nothing (gdcore's kernel is always fused);
 ``differentiable=True`` is not supported.
 """
@@ -42,23 +48,49 @@ from gdcore import _core
 from gdcore import optim as _engines
 from gdcore.family import FAMILY
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:                     # torch built without distributed
+    _DTensor = None
+
 __all__ = [decl.name for decl in FAMILY]
 
 _DTYPES = (torch.float32, torch.float64)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _is_dtensor(t):
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _local(t):
+    """The tensor whose memory gdcore reads or updates: a DTensor's local
+    shard (what to_local() returns under no_grad, zero-copy), else t."""
+    if _is_dtensor(t):
+        return t._local_tensor
+    return t
 
 
 def _unsupported(p):
     """Why gdcore's kernels cannot update tensor p in place, or None."""
+    shard = ""
+    if _is_dtensor(p):
+        p, shard = p._local_tensor, "(a DTensor) whose local shard "
     if p.device.type != "cpu":
-        return f"is on device {p.device}"
+        return f"{shard}is on device {p.device}"
     if p.dtype not in _DTYPES:
-        return f"has dtype {p.dtype}"
+        return f"{shard}has dtype {p.dtype}"
     if p.layout != torch.strided:
-        return f"has layout {p.layout}"
+        return f"{shard}has layout {p.layout}"
     if not p.is_contiguous():
-        return "is not contiguous"
+        return f"{shard}is not contiguous"
     if torch.is_complex(p):
-        return "is complex"
+        return f"{shard}is complex"
+    if type(p) not in _PLAIN:
+        try:                # a wrapper subclass (__torch_dispatch__) has no memory of its own
+            p.detach().numpy()
+        except (RuntimeError, TypeError):
+            return f"{shard}is a tensor subclass ({type(p).__name__}) without memory gdcore can update"
     return None
 
 
@@ -151,8 +183,8 @@ class _GdcoreBackend:
             raise TypeError(
                 f"gdcore.torch.{type(self).__name__}: {self._gd_label(index)} {reason} "
                 f"(shape {tuple(p.shape)}); gdcore updates contiguous float32/float64 CPU "
-                "tensors. Pass fallback=True to step such params with torch's own "
-                "implementation.")
+                "tensors and DTensors whose local shards are such tensors. Pass "
+                "fallback=True to step such params with torch's own implementation.")
         return reason
 
     def add_param_group(self, param_group):
@@ -193,11 +225,11 @@ class _GdcoreBackend:
                 if _unsupported(p):
                     fallback.append(p)
                     continue
-                view = p.detach().numpy()
+                view = _local(p).detach().numpy()
                 views.append(view)
                 self._gd_params.append(p)
                 self._gd_views.append(view)
-                self._gd_ptrs.append(p.data_ptr())
+                self._gd_ptrs.append(_local(p).data_ptr())
             self._gd_static_fallback.append(fallback)
             if views:
                 engine_group = {"params": views}
@@ -219,6 +251,8 @@ class _GdcoreBackend:
         self._gd_layout_seen = self._gd_layout()
         self._gd_last_stepped, self._gd_counters = None, []
         self._gd_all = list(range(len(self._gd_params)))
+        self._gd_distributed = any(_is_dtensor(p) for p in self._gd_params)
+        self._gd_slot_names = self._engine_class._spec.slot_names
 
     def _gd_engine_state(self, state):
         out = {}
@@ -226,10 +260,17 @@ class _GdcoreBackend:
             if name == "step":
                 out["step"] = int(value.item() if torch.is_tensor(value) else value)
             elif name in self._engine_class._state_arrays and value is not None:
-                if _unsupported(value):
+                if _unsupported(value) and not _is_dtensor(value):
                     value = value.contiguous()
                     state[name] = value
-                out[name] = value.numpy()
+                local = _local(value)
+                if _unsupported(local):
+                    # a DTensor state whose shard gdcore cannot update in place
+                    local = local.contiguous()
+                    state[name] = value = _DTensor.from_local(
+                        local, value.device_mesh, value.placements, run_check=False,
+                        shape=value.shape, stride=value.stride())
+                out[name] = local.numpy()
         return out
 
     # --------------------------------------------------------------- step
@@ -255,6 +296,8 @@ class _GdcoreBackend:
                 or self._gd_layout_seen != self._gd_layout()):
             return False
         params = self._gd_params
+        if self._gd_distributed:
+            params = [_local(p) for p in params]
         # p.data = ... (new memory, or a new view of the same memory)
         return [p.data_ptr() for p in params] == self._gd_ptrs and \
             all([p.is_contiguous() for p in params])
@@ -271,6 +314,8 @@ class _GdcoreBackend:
                         engine_group[key] = group[key]
             params = self._gd_params
             try:        # the common case: every param has a dense CPU grad
+                if self._gd_distributed:            # DTensor grads: checked one by one
+                    raise TypeError
                 grads = [p.grad.numpy() for p in params]
                 stepped = self._gd_all
             except (AttributeError, TypeError, RuntimeError, NotImplementedError):
@@ -313,6 +358,8 @@ class _GdcoreBackend:
             if g is None:
                 grads.append(None)
                 continue
+            if _is_dtensor(p) or _is_dtensor(g):
+                g = self._gd_local_grad(p, g, index)
             try:                                    # CPU, strided: a zero-copy view
                 view = g.numpy()
             except (TypeError, RuntimeError):
@@ -336,6 +383,21 @@ class _GdcoreBackend:
             stepped.append(index)
         return grads, stepped
 
+    def _gd_local_grad(self, p, g, index):
+        """The local shard of DTensor grad g of DTensor param p, refusing a
+        grad laid out otherwise than its param."""
+        if _is_dtensor(p) and _is_dtensor(g) and g.device_mesh == p.device_mesh and \
+                tuple(g.placements) == tuple(p.placements) and g.shape == p.shape:
+            return g._local_tensor
+        flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
+        have = (f"placements {tuple(g.placements)}" if _is_dtensor(g) else
+                f"a {type(g).__name__} grad")
+        want = f"placements {tuple(p.placements)}" if _is_dtensor(p) else "a plain tensor grad"
+        raise RuntimeError(
+            f"gdcore.torch.{type(self).__name__}: {self._gd_label(flat)} has a grad with "
+            f"{have} where its param needs {want}; gdcore steps each rank's local shard "
+            "and needs the grad sharded as the param")
+
     def _gd_publish(self, stepped):
         """After a general step: mirror the engine's new state into torch's
         (a param without state keeps none, as in torch), advance `step`, and
@@ -356,7 +418,7 @@ class _GdcoreBackend:
                             state["step"] = torch.tensor(float(value - 1),
                                                          dtype=_get_scalar_dtype())
                     elif name not in state or state[name] is None:
-                        state[name] = torch.from_numpy(value)
+                        state[name] = _state_tensor(p, value, name in self._gd_slot_names)
             step = state.get("step")
             if step is not None:
                 if not (step.device.type == "cpu" and step.dtype in _DTYPES and step.numel() == 1
@@ -386,6 +448,18 @@ class _GdcoreBackend:
         if dynamic:
             self._gd_engine = None       # torch advanced some steps: re-read state
         self._gd_snapshot = None
+
+
+def _state_tensor(p, array, per_element):
+    """A torch state tensor over the engine's state array (one memory): for
+    per-element state of a DTensor param, a DTensor laid out as the param,
+    as torch.optim makes it (scalar state, such as ASGD's eta, stays a plain
+    tensor, as in torch)."""
+    local = torch.from_numpy(array)
+    if per_element and _is_dtensor(p):
+        return _DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                                   shape=p.shape, stride=p.stride())
+    return local
 
 
 def _hold_interrupts():

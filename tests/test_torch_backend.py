@@ -158,6 +158,26 @@ def test_rejects_unsupported_params_naming_them():
         gt.Adam([torch.nn.Parameter(torch.ones(2))], lr=-1)
 
 
+def test_wrapper_subclass_param_is_refused_by_name_or_falls_back():
+    """A tensor subclass without memory of its own (__torch_dispatch__
+    wrapper) is refused naming the param and the way out; with
+    fallback=True torch steps it, as torch.optim.Adam would."""
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+
+    def param():
+        return torch.nn.Parameter(two_tensor.TwoTensor(torch.zeros(3), torch.ones(3)))
+    with pytest.raises(TypeError, match=r"params\[1\] is a tensor subclass \(TwoTensor\).*"
+                                        "fallback=True"):
+        gt.Adam([torch.nn.Parameter(torch.ones(2)), param()])
+    ours, ref = param(), param()
+    opt, theirs = gt.Adam([ours], fallback=True), torch.optim.Adam([ref])
+    for p in (ours, ref):
+        p.grad = two_tensor.TwoTensor(torch.full((3,), 0.5), torch.full((3,), -2.0))
+    opt.step()
+    theirs.step()
+    assert torch.equal(ours.a, ref.a) and torch.equal(ours.b, ref.b)
+
+
 def test_sparse_grad_is_an_error_or_falls_back():
     emb = torch.nn.Embedding(10, 3, sparse=True)
     ids = torch.tensor([1, 4, 4])
