@@ -75,7 +75,7 @@ extensions = [
     Extension(
         "gdcore._core",
         sources=["gdcore/_core.pyx", "csrc/gd_kernels.c", "csrc/gd_runtime.c",
-                 "csrc/gd_stream.c"],
+                 "csrc/gd_stream.c", "csrc/gd_norm.c"],
         include_dirs=["csrc", numpy.get_include()],
         depends=["csrc/gdcore.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
                  "csrc/gd_avx512.h", "csrc/gd_family.h", "csrc/gd_family.inc",

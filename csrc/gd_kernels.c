@@ -194,27 +194,90 @@
         opt##_advance((options), &(buffers)[j]);
 #define GD_ADVANCE_2 GD_ADVANCE_1
 
+/* Grads multiplied on the way in (gd_step_scaled): the span of any kernel
+ * runs over blocks of GD_SCALE_BLOCK elements whose grads are first scaled
+ * into a stack buffer, so the grads are read once, from memory, and never
+ * written.  Blocks start at multiples of GD_SPLIT_ALIGN within the buffer,
+ * so every element takes the same path as without scaling. */
+#define GD_SCALE_BLOCK 512
+
+typedef struct gd_scaled {
+    gd_span_fn inner;
+    const void *options;
+    double multiplier;
+} gd_scaled;
+
+#define GD_SCALED_SPAN(T, suffix)                                              \
+    static void gd_scaled_span_##suffix(const void *opt, const gd_buffer *b,  \
+                                        int64_t begin, int64_t end)           \
+    {                                                                         \
+        const gd_scaled *s = (const gd_scaled *)opt;                          \
+        _Alignas(64) T block[GD_SCALE_BLOCK];                                 \
+        const T m = (T)s->multiplier;                                         \
+        for (int64_t at = begin; at < end; at += GD_SCALE_BLOCK) {            \
+            int64_t len = end - at < GD_SCALE_BLOCK ? end - at : GD_SCALE_BLOCK; \
+            const T *grad = (const T *)b->grad + at;                          \
+            for (int64_t i = 0; i < len; ++i)                                 \
+                block[i] = grad[i] * m;                                       \
+            gd_buffer part = *b;                                              \
+            part.param = (T *)b->param + at;                                  \
+            part.grad = block;                                                \
+            for (int k = 0; k < 3; ++k)                                       \
+                if (b->state[k] != NULL)                                      \
+                    part.state[k] = (T *)b->state[k] + at;                    \
+            part.n = len;                                                     \
+            s->inner(s->options, &part, 0, len);                              \
+        }                                                                     \
+    }
+GD_SCALED_SPAN(float, f32)
+GD_SCALED_SPAN(double, f64)
+
+static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
+                          double multiplier, const gd_buffer *buffers, int64_t count)
+{
+    if (multiplier == 1.0) {
+        gd_run(span, options, buffers, count);
+        return;
+    }
+    gd_scaled scaled = {span, options, multiplier};
+    gd_run(dtype == GD_FLOAT32 ? gd_scaled_span_f32 : gd_scaled_span_f64, &scaled, buffers,
+           count);
+}
+
 #define GD_ENTRY(opt, index, nscalars)                                         \
-    void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
-                  gd_buffer *buffers, int64_t count)                          \
+    static void gd_##opt##_scaled(gd_dtype dtype, const gd_##opt##_options *options, \
+                                  gd_buffer *buffers, int64_t count,          \
+                                  double multiplier)                          \
     {                                                                         \
         static const gd_span_fn spans[2][3] = {GD_SPANS(opt, f32),            \
                                                GD_SPANS(opt, f64)};           \
-        gd_run(spans[dtype != GD_FLOAT32][gd_isa_level()], options, buffers,  \
-               count);                                                        \
+        gd_run_scaled(spans[dtype != GD_FLOAT32][gd_isa_level()], dtype, options, \
+                      multiplier, buffers, count);                            \
         GD_ADVANCE_##nscalars(opt, options, buffers, count)                   \
+    }                                                                         \
+    void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
+                  gd_buffer *buffers, int64_t count)                          \
+    {                                                                         \
+        gd_##opt##_scaled(dtype, options, buffers, count, 1.0);               \
     }
 GD_FAMILY(GD_ENTRY)
 
 #define GD_CASE(opt, index, nscalars)                                          \
     case index:                                                               \
-        gd_##opt(dtype, (const gd_##opt##_options *)options, buffers, count); \
+        gd_##opt##_scaled(dtype, (const gd_##opt##_options *)options, buffers, count, \
+                          grad_multiplier);                                   \
         return 0;
-int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
-            int64_t count)
+int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+                   int64_t count, double grad_multiplier)
 {
     switch (kernel) { GD_FAMILY(GD_CASE) }
     return -1;
+}
+
+int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+            int64_t count)
+{
+    return gd_step_scaled(kernel, dtype, options, buffers, count, 1.0);
 }
 
 #define GD_NAME_OF(opt, index, nscalars) #opt,

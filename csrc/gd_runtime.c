@@ -37,10 +37,13 @@
  *
  * Measured with one of two cores kept busy by another process: the kernel
  * wakes a sleeping worker on the caller's core (the other one is busy), where
- * it would only take turns with the caller; a worker that finds itself on the
- * caller's core (sched_getcpu) leaves the job to the caller.  The caller
- * never sleeps while it waits for chunks in flight (a thread that sleeps may
- * wake on the busy core); it spins and yields.
+ * it would only take turns with the caller.  A worker that finds itself on
+ * the caller's core (sched_getcpu) narrows its own CPU set to the others for
+ * that job (sched_setaffinity on the worker thread only; restored after the
+ * job), so it shares the busy core with the other process instead of the
+ * caller's; where that is not possible it leaves the job to the caller.
+ * The caller never sleeps while it waits for chunks in flight (a thread that
+ * sleeps may wake on the busy core); it spins and yields.
  *
  * Protocol.  `claim` holds (generation << 32 | next chunk).  A worker that
  * sees a new generation reads the job description (relaxed), then claims
@@ -186,6 +189,36 @@ static int gd_current_cpu(void)
 #endif
 }
 
+/* A worker's own CPU set (as inherited when it started), and moving it off
+ * one CPU for a job: Linux only, elsewhere the worker leaves the job. */
+#ifdef __linux__
+static _Thread_local cpu_set_t gd_worker_cpus;
+static _Thread_local int gd_worker_cpus_known;
+
+static void gd_remember_cpus(void)
+{
+    gd_worker_cpus_known = sched_getaffinity(0, sizeof gd_worker_cpus, &gd_worker_cpus) == 0;
+}
+
+static int gd_move_off(int cpu)
+{
+    if (!gd_worker_cpus_known)
+        return 0;
+    cpu_set_t others = gd_worker_cpus;
+    CPU_CLR(cpu, &others);
+    return CPU_COUNT(&others) > 0 && sched_setaffinity(0, sizeof others, &others) == 0;
+}
+
+static void gd_move_back(void)
+{
+    sched_setaffinity(0, sizeof gd_worker_cpus, &gd_worker_cpus);
+}
+#else
+static void gd_remember_cpus(void) {}
+static int gd_move_off(int cpu) { (void)cpu; return 0; }
+static void gd_move_back(void) {}
+#endif
+
 static inline uint32_t gd_generation_of(uint64_t claim)
 {
     return (uint32_t)(claim >> 32);
@@ -210,14 +243,18 @@ static void gd_help(uint64_t w, int64_t id)
     if (id > helpers) /* a worker beyond this call's thread count */
         return;
     /* A worker woken on the caller's own core would only take turns with it:
-     * leave the core to the caller. */
-    if (id != 0 && caller_cpu >= 0 && gd_current_cpu() == caller_cpu)
-        return;
+     * move to another core for this job, or leave the job to the caller. */
+    int moved = 0;
+    if (id != 0 && caller_cpu >= 0 && gd_current_cpu() == caller_cpu) {
+        if (!gd_move_off(caller_cpu))
+            return;
+        moved = 1;
+    }
     gd_walk walk = {0, 0};
     for (;;) {
         uint32_t k = (uint32_t)w;
         if (gd_generation_of(w) != g || k >= (uint64_t)chunks)
-            return;
+            break;
         if (!atomic_compare_exchange_weak_explicit(&gd_pool.claim, &w, w + 1,
                                                    memory_order_relaxed,
                                                    memory_order_relaxed))
@@ -228,6 +265,8 @@ static void gd_help(uint64_t w, int64_t id)
         atomic_fetch_add_explicit(&gd_pool.done, 1, memory_order_release);
         w = atomic_load_explicit(&gd_pool.claim, memory_order_relaxed);
     }
+    if (moved)
+        gd_move_back();
 }
 
 /* Waits until `claim` shows a generation other than `seen`: spins for up to
@@ -270,6 +309,7 @@ static void *gd_worker_main(void *arg)
 {
     gd_worker_start start = *(gd_worker_start *)arg;
     free(arg);
+    gd_remember_cpus();
     for (uint32_t seen = start.seen;;) {
         uint64_t w = gd_wait_for_job(seen);
         seen = gd_generation_of(w);

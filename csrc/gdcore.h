@@ -59,6 +59,12 @@ GD_FAMILY(GD_DECLARE_ENTRY)
  * an array of doubles; returns -1 for an unknown kernel. */
 int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
             int64_t count);
+/* The same with every grad element multiplied by grad_multiplier (in the
+ * element type) before the update: the unscaling of mixed-precision training
+ * (1 / loss scale) and a clip coefficient, folded into the one pass over the
+ * grads, which are read, never written. */
+int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+                   int64_t count, double grad_multiplier);
 /* Kernel name and options count by index (NULL / -1 out of range): lets a
  * caller check that it was built against the same declarations. */
 const char *gd_kernel_name(int kernel);
@@ -69,6 +75,12 @@ int gd_kernel_options(int kernel);
  * (nread, nwrite) is (2, 1), (3, 2), (4, 3) or (5, 4). */
 void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers,
                int64_t count);
+
+/* The norm of the grads of a batch (buffer.grad, buffer.n; nothing else is
+ * read), in double: norm_type 2 (Euclidean), 1, or 0 for inf (max |x|, NaN
+ * if any element is NaN).  One serial pass; the result does not depend on
+ * the instruction set. */
+double gd_grad_norm(gd_dtype dtype, int norm_type, const gd_buffer *buffers, int64_t count);
 
 /* Threads.  Set/get the number of threads a kernel call may use (the
  * calling thread plus workers of gdcore's pool); in a build without threads

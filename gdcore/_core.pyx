@@ -28,7 +28,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy
 
 from gdcore._csrc cimport *
@@ -257,13 +257,14 @@ cdef class _Batch:
         """Run the kernel (GIL released).  Cannot fail once built."""
         self._run()
 
-    cdef void _run(self) noexcept:
+    cdef void _run(self, double grad_multiplier=1.0) noexcept:
         with nogil:
             if self.n32:
-                gd_step(self.kernel, GD_FLOAT32, self.options, self.buffers, self.n32)
+                gd_step_scaled(self.kernel, GD_FLOAT32, self.options, self.buffers, self.n32,
+                               grad_multiplier)
             if self.count > self.n32:
-                gd_step(self.kernel, GD_FLOAT64, self.options, self.buffers + self.n32,
-                        self.count - self.n32)
+                gd_step_scaled(self.kernel, GD_FLOAT64, self.options, self.buffers + self.n32,
+                               self.count - self.n32, grad_multiplier)
         if self.nscalars:
             _store_scalars(self.buffers, self.order, self.scalar_ptrs, self.count,
                            self.nscalars)
@@ -829,7 +830,8 @@ cdef inline void _add_raw(_Span *spans, Py_ssize_t *count, const void *data, int
     count[0] += 1
 
 
-def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps):
+def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps,
+                   double grad_multiplier=1.0):
     """The general path's commit: for each (batch, touched) of `pending`
     (each batch already checked), check that the batches write disjoint
     memory (and copy grads that alias what another batch writes), then add
@@ -837,7 +839,8 @@ def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps)
     run every batch.  After the check only C-level dict operations and
     kernels run, so a signal's KeyboardInterrupt cannot land between
     groups: either every group steps or none changes.
-    touched: (param, state dict, is_new, added entries or None, new step)."""
+    touched: (param, state dict, is_new, added entries or None, new step).
+    grad_multiplier: every grad element is multiplied by it in the kernel."""
     cdef tuple entry
     if len(pending) > 1:
         _check_across([batch for batch, _ in pending], spec)
@@ -851,7 +854,7 @@ def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps)
             if counts_steps:
                 (<dict>state)["step"] = step
     for batch, _ in pending:
-        (<_Batch>batch)._run()
+        (<_Batch>batch)._run(grad_multiplier)
 
 
 cdef inline bint _as_planned(cnp.ndarray a, cnp.ndarray param, int typenum, void *data,
@@ -1017,11 +1020,13 @@ cdef class Plan:
         plan.nspans = nspans
         return plan
 
-    def run(self, list grads, list counters, list param_groups, dict state_by_id):
+    def run(self, list grads, list counters, list param_groups, dict state_by_id,
+            double grad_multiplier=1.0):
         """One step, if the plan still holds (see the class docstring).
         grads: ndarrays or None (see as_grads).  counters: optional 0-d
         arrays to add 1 to once the kernels ran (gdcore.torch's `step`
-        tensors), checked with everything else first."""
+        tensors), checked with everything else first.  grad_multiplier:
+        every grad element is multiplied by it in the kernel."""
         cdef Py_ssize_t g, k, s, n = self.count
         cdef double *o
         cdef bint used[_MAX_SLOTS]
@@ -1122,10 +1127,13 @@ cdef class Plan:
                 k = self.group_start[g]
                 o = &self.options[g * _MAX_OPTIONS]
                 if self.group_n32[g]:
-                    gd_step(spec.kernel, GD_FLOAT32, o, self.buffers + k, self.group_n32[g])
+                    gd_step_scaled(spec.kernel, GD_FLOAT32, o, self.buffers + k,
+                                   self.group_n32[g], grad_multiplier)
                 if self.group_start[g + 1] - k - self.group_n32[g]:
-                    gd_step(spec.kernel, GD_FLOAT64, o, self.buffers + k + self.group_n32[g],
-                            self.group_start[g + 1] - k - self.group_n32[g])
+                    gd_step_scaled(spec.kernel, GD_FLOAT64, o,
+                                   self.buffers + k + self.group_n32[g],
+                                   self.group_start[g + 1] - k - self.group_n32[g],
+                                   grad_multiplier)
         if spec.nscalars:
             _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
         if counters is not None:
@@ -1157,6 +1165,45 @@ def stream(params, grads, states, *, int nread, int nwrite):
             gd_stream(GD_FLOAT32, nread, nwrite, b.buffers, b.n32)
         if b.count > b.n32:
             gd_stream(GD_FLOAT64, nread, nwrite, b.buffers + b.n32, b.count - b.n32)
+
+
+# ------------------------------------------------------ grad norm (clipping)
+
+def tensor_grad_norm(list tensors, int norm_type, object float32, object float64,
+                     object strided, object tensor_type):
+    """The norm of torch tensors `tensors` (gdcore.torch's clip_grad_norm_),
+    as a float computed in double by one pass of gd_grad_norm; norm_type 2,
+    1, or 0 for inf.  Returns None, having read nothing, unless every tensor
+    is a CPU contiguous strided tensor of type `tensor_type` (torch.Tensor,
+    no subclass) and of one dtype, float32 or float64 (float32, float64,
+    strided: torch.float32, torch.float64, torch.strided).  Each tensor is
+    referenced by `tensors` for the call."""
+    cdef Py_ssize_t j, n = len(tensors)
+    if n == 0:
+        return 0.0
+    first = tensors[0]
+    dtype = first.dtype
+    if dtype is not float32 and dtype is not float64:
+        return None
+    cdef gd_buffer *buffers = <gd_buffer *>calloc(n, sizeof(gd_buffer))
+    if buffers == NULL:
+        raise MemoryError()
+    cdef double total
+    cdef gd_dtype dt = GD_FLOAT32 if dtype is float32 else GD_FLOAT64
+    try:
+        for j in range(n):
+            t = tensors[j]
+            if type(t) is not tensor_type or t.dtype is not dtype or \
+                    t.layout is not strided or not t.is_cpu or t.is_neg() or \
+                    not t.is_contiguous():
+                return None
+            buffers[j].grad = <const void *><uintptr_t>t.data_ptr()
+            buffers[j].n = t.numel()
+        with nogil:
+            total = gd_grad_norm(dt, norm_type, buffers, n)
+        return total
+    finally:
+        free(buffers)
 
 
 # Specs whose only use is naming the probe's state lists (0..3 of them).
@@ -1273,19 +1320,21 @@ def class_step(object optimizer, object grads):
         lock._release()
 
 
-def run_plan(object optimizer, list grads, list counters):
+def run_plan(object optimizer, list grads, list counters, double grad_multiplier=1.0):
     """The step on `optimizer`'s cached plan, if it still holds (gdcore.torch:
-    counters, 0-d arrays advanced with the step); returns whether it ran."""
-    return _plan_step(optimizer, grads, counters)
+    counters, 0-d arrays advanced with the step; grad_multiplier, see
+    commit_and_run); returns whether it ran."""
+    return _plan_step(optimizer, grads, counters, grad_multiplier)
 
 
-cdef bint _plan_step(object optimizer, list grads, list counters) except -1:
+cdef bint _plan_step(object optimizer, list grads, list counters,
+                     double grad_multiplier=1.0) except -1:
     plan_obj = optimizer._plan
     state = optimizer.state
     groups = optimizer.param_groups
     if plan_obj is None or type(state) is not PARAM_STATE_TYPE or type(groups) is not list:
         return False
-    if not (<Plan>plan_obj).run(grads, counters, groups, state._by_id):
+    if not (<Plan>plan_obj).run(grads, counters, groups, state._by_id, grad_multiplier):
         return False
     optimizer.last_step_created_state = False
     return True

@@ -22,10 +22,14 @@ cdef extern from "gdcore.h" nogil:
 
     int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
                 int64_t count)
+    int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+                       int64_t count, double grad_multiplier)
     const char *gd_kernel_name(int kernel)
     int gd_kernel_options(int kernel)
 
     void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers, int64_t count)
+
+    double gd_grad_norm(gd_dtype dtype, int norm_type, const gd_buffer *buffers, int64_t count)
 
     void gd_set_num_threads(int n)
     int gd_get_num_threads()

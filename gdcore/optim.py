@@ -239,9 +239,10 @@ class Optimizer:
                                 f"{type(grads).__name__}") from None
         return _core.as_grads(grads)
 
-    def _general_step(self, grads):
+    def _general_step(self, grads, grad_multiplier=1.0):
         """The step that checks everything, creates missing state and then
-        caches a plan."""
+        caches a plan.  grad_multiplier (gdcore.torch: AMP's 1 / scale): every
+        grad element is multiplied by it inside the kernel."""
         self._plan = None
         self.last_step_created_state = True     # (or may have: the general path)
         if not isinstance(self.state, ParamState):
@@ -294,7 +295,8 @@ class Optimizer:
                                           index)
                 pending.append((batch, touched))
         # Everything checked: commit state and run, as one (see commit_and_run).
-        _core.commit_and_run(spec, pending, self.state._by_id, self._counts_steps)
+        _core.commit_and_run(spec, pending, self.state._by_id, self._counts_steps,
+                             grad_multiplier)
 
     def _build_plan(self):
         """After a general step: cache a plan once every param has state."""

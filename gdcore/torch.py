@@ -36,6 +36,7 @@ compatibility and change nothing (gdcore's kernel is always fused);
 ``differentiable=True`` is not supported.
 """
 import functools
+import math
 import signal
 import threading
 from itertools import chain
@@ -53,7 +54,7 @@ try:
 except ImportError:                     # torch built without distributed
     _DTensor = None
 
-__all__ = [decl.name for decl in FAMILY]
+__all__ = [decl.name for decl in FAMILY] + ["clip_grad_norm_"]
 
 _DTYPES = (torch.float32, torch.float64)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -134,12 +135,15 @@ class _GdcoreBackend:
 
     _engine_class = None        # the gdcore NumPy optimizer class
     _torch_class = None         # the torch.optim class (for the fallback)
+    _step_supports_amp_scaling = True       # see step()
 
     def _gd_setup(self, fallback, differentiable):
         if differentiable:
             raise ValueError(f"gdcore.torch.{type(self).__name__} does not support "
                              "differentiable=True (its kernels are not traced by autograd)")
-        self._step_supports_amp_scaling = False     # step(closure) only
+        # GradScaler hands step() `grad_scale` and `found_inf` (as attributes)
+        # instead of unscaling the grads first, as for torch's fused optimizers.
+        self._step_supports_amp_scaling = True
         self._gd_fallback = bool(fallback)
         self._gd_reset()
         for index, p in enumerate(self._gd_flat_params()):
@@ -150,6 +154,8 @@ class _GdcoreBackend:
         self._gd_engine = None
         self._gd_snapshot = None
         self._gd_lock = _core.StepLock()
+        self._gd_multiplier = 1.0
+        self._gd_clip = 1.0
 
     # ------------------------------------------------------ copy, pickle
     def __getstate__(self):
@@ -276,16 +282,51 @@ class _GdcoreBackend:
     # --------------------------------------------------------------- step
     @_hooked
     def step(self, closure=None):
-        """One optimization step over every param with a ``.grad``."""
+        """One optimization step over every param with a ``.grad``.
+
+        Under ``torch.amp.GradScaler`` (which sets ``grad_scale`` and
+        ``found_inf`` on the optimizer, as for torch's fused optimizers): no
+        step at all when ``found_inf`` is nonzero (state and step counters
+        unchanged); otherwise the grads are divided by ``grad_scale`` inside
+        the update, in the same pass, and are not written (they still hold
+        the scaled values afterwards)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        clip, self._gd_clip = self._gd_clip, 1.0     # from clip_grad_norm_, this step only
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and _amp_scalar(found_inf, "found_inf") != 0:
+            return loss
+        multiplier = clip
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:
+            scale = _amp_scalar(grad_scale, "grad_scale")
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"gdcore.torch.{type(self).__name__}: grad_scale must be a "
+                                 f"positive finite number, got {scale}")
+            multiplier = clip / scale
         with torch.no_grad():
-            self._gd_step()
+            self._gd_step(multiplier)
         return loss
 
-    def _gd_step(self):
+    def clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+        """Clip the grads of this optimizer's params by their global norm, as
+        ``torch.nn.utils.clip_grad_norm_(params, ...)`` does, but folded into
+        the next ``step()``: the norm is computed now (one pass over the
+        grads) and returned; the grads are not modified, and the next step
+        multiplies them by ``min(1, max_norm / (norm + 1e-6))`` inside its
+        kernel.  Clip plus step read each grad twice instead of three times
+        (norm, scale, step)."""
+        grads = [p.grad for p in self._gd_flat_params() if p.grad is not None]
+        total_norm = _total_norm(grads, norm_type, error_if_nonfinite, foreach)
+        coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        self._gd_clip = float(coef.to(torch.float32 if total_norm.dtype != torch.float64
+                                      else torch.float64))
+        return total_norm
+
+    def _gd_step(self, multiplier=1.0):
+        self._gd_multiplier = multiplier
         self._gd_lock.call(self, self._gd_step_locked, True)
 
     def _gd_current(self):
@@ -324,14 +365,16 @@ class _GdcoreBackend:
             counters = self._gd_counters if stepped is self._gd_last_stepped or \
                 stepped == self._gd_last_stepped else None
             try:
-                if counters is not None and _core.run_plan(engine, grads, counters):
+                if counters is not None and _core.run_plan(engine, grads, counters,
+                                                           self._gd_multiplier):
                     self._gd_snapshot.advance()     # the plan advanced torch's steps
                 else:
                     # The general path: the engine's step and torch's new state
                     # and step counters, with Ctrl-C held back until both are done.
                     caught = _hold_interrupts()
                     try:
-                        engine._general_step(grads)     # dtype/shape: the engine checks
+                        # dtype/shape: the engine checks
+                        engine._general_step(grads, self._gd_multiplier)
                         self._gd_publish(stepped)
                     finally:
                         _release_interrupts(caught)
@@ -441,6 +484,10 @@ class _GdcoreBackend:
                 groups.append(dict(group, params=params))
         if not groups:
             return
+        if self._gd_multiplier != 1.0:      # torch's own step reads unscaled grads
+            grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, self._gd_multiplier)
         fallback = self._torch_class.__new__(self._torch_class)
         torch.optim.Optimizer.__init__(fallback, groups, self.defaults)
         fallback.state = self.state
@@ -448,6 +495,60 @@ class _GdcoreBackend:
         if dynamic:
             self._gd_engine = None       # torch advanced some steps: re-read state
         self._gd_snapshot = None
+
+
+def _total_norm(grads, norm_type, error_if_nonfinite, foreach):
+    """torch.nn.utils.get_total_norm, computed by one gdcore pass (in double)
+    for norm types 2, 1 and inf over CPU float32/float64 grads of one dtype;
+    torch's own implementation otherwise (DTensor grads, other norm types)."""
+    norm_type = float(norm_type)
+    kind = {2.0: 2, 1.0: 1, math.inf: 0}.get(norm_type)
+    value = None
+    if kind == 0 and any(g.numel() == 0 for g in grads):
+        kind = None                     # torch refuses the inf norm of an empty grad
+    if kind is not None and grads:
+        value = _core.tensor_grad_norm(grads, kind, torch.float32, torch.float64,
+                                       torch.strided, torch.Tensor)
+    if value is None:
+        return torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
+    if error_if_nonfinite and not math.isfinite(value):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the "
+            "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+    return torch.tensor(value, dtype=grads[0].dtype)
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False,
+                    foreach=None):
+    """``torch.nn.utils.clip_grad_norm_``, same signature and results, with the
+    norm of CPU float32/float64 grads (norm types 2, 1, inf) computed over
+    all grads in one pass of a gdcore kernel (in double); the grads are then
+    scaled in place, as torch does.  To skip that scaling pass, use the
+    optimizer's ``clip_grad_norm_`` method, which folds the clip into the
+    next step."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    else:
+        parameters = list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total_norm = _total_norm(grads, norm_type, error_if_nonfinite, foreach)
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)
+    return total_norm
+
+
+def _amp_scalar(value, name):
+    """GradScaler's `grad_scale` / `found_inf` (a one-element tensor, or a
+    number) as a float."""
+    try:
+        if torch.is_tensor(value):
+            if value.numel() != 1:
+                raise ValueError
+            return float(value.item())
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a one-element tensor or a number, not "
+                        f"{type(value).__name__}") from None
 
 
 def _state_tensor(p, array, per_element):
