@@ -242,12 +242,65 @@ def targets(records, overhead, all_cores, small_threads=None, scaling=None, busy
         ratio(rec, "gdcore", "torch_fused"), 0.15)
     add("Adam float32 1000 x 1,000 tensors: gdcore / DeepSpeed", ratio(rec, "gdcore",
                                                                        "deepspeed"), 0.3)
-    add("Adam float32 1000 x 1,000 tensors, gdcore.torch (torch tensors): / torch fused "
-        "(no target; for reference)", ratio(rec, "gdcore_torch", "torch_fused"), 1.0)
+    add("Adam float32 1000 x 1,000 tensors, gdcore.torch: / torch fused",
+        ratio(rec, "gdcore_torch", "torch_fused"), 0.2)
+    add("Adam float32 1000 x 1,000 tensors, gdcore.torch: / gdcore class API",
+        ratio(rec, "gdcore_torch", "gdcore"), 1.3)
+    small = find(records, optimizer="Adam", dtype="float32", elements=4096, threads=1, tensors=1)
+    add("Adam float32 4,096, gdcore.torch: / torch fused",
+        ratio(small, "gdcore_torch", "torch_fused"), 0.3)
     if overhead:
         add("Adam per-call overhead, class API, 1 element (us)",
             overhead["seconds"]["gdcore"] * 1e6, 1.0)
     return out
+
+
+def clip_and_step(rounds, batch, shapes=((1 << 20,),) * 4):
+    """Clip by global norm, then an Adam step, float32, 1 thread: torch
+    (clip_grad_norm_ + fused step), gdcore.torch.clip_grad_norm_ (one-pass
+    norm, then torch scales the grads) + step, and the clip folded into the
+    step (opt.clip_grad_norm_: the grads are read twice, not three times).
+    {label: median seconds}."""
+    if impls.torch is None:
+        return None
+    import torch
+    import gdcore.torch as gt
+    rng = np.random.default_rng(0)
+
+    def setup(cls, **kw):
+        params = [torch.from_numpy(impls.aligned_copy(rng.standard_normal(s).astype(np.float32)))
+                  .requires_grad_() for s in shapes]
+        grads = [torch.from_numpy(impls.aligned_copy(rng.standard_normal(s).astype(np.float32)))
+                 for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g
+        return params, cls(params, lr=1e-3, **kw)
+
+    t_params, t_opt = setup(torch.optim.Adam, fused=True)
+    g_params, g_opt = setup(gt.Adam)
+    f_params, f_opt = setup(gt.Adam)
+
+    def torch_step():
+        torch.nn.utils.clip_grad_norm_(t_params, 1.0)
+        t_opt.step()
+
+    def gdcore_function():
+        gt.clip_grad_norm_(g_params, 1.0)
+        g_opt.step()
+
+    def gdcore_folded():
+        f_opt.clip_grad_norm_(1.0)
+        f_opt.step()
+    impls.set_threads(1)
+    steps = {"torch: clip_grad_norm_ + fused step": torch_step,
+             "gdcore.torch.clip_grad_norm_ + step": gdcore_function,
+             "opt.clip_grad_norm_ (folded) + step": gdcore_folded}
+    for step in steps.values():
+        step()
+    samples = {}
+    medians = measure(steps, rounds, batch, samples)
+    return {"medians": medians, "samples": samples,
+            "elements": int(sum(np.prod(s) for s in shapes))}
 
 
 def plot(records, path):
@@ -323,7 +376,7 @@ def main(argv=None):
         plan += [("Adam", np.float32, SIZE_HUGE, t) for t in thread_counts]
     plan_many = [(case, t) for case in many for t in thread_counts]
     paired_threads = all_cores > 1 and not args.smoke
-    total = len(plan) + len(plan_many) + 1 + 3 * paired_threads
+    total = len(plan) + len(plan_many) + 1 + 3 * paired_threads + (not args.smoke)
     machine = machine_description()
     print(f"gdcore benchmark ({'smoke' if args.smoke else 'full' if args.full else 'quick'}"
           f" mode): {machine['cpu']}, {machine['cores']} cores, kernels run as "
@@ -383,6 +436,11 @@ def main(argv=None):
         done += 1
         progress("after 20 ms idle: " + ", ".join(f"{k} {v[0]:,.0f} us" for k, v in
                                                  bench_threads.summary(idle).items()))
+    clip = None if args.smoke else clip_and_step(rounds, batch)
+    if clip:
+        done += 1
+        progress("clip + step: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
+                                             for k, v in clip["medians"].items()))
     # Per-call overhead: a 1-element Adam step.
     overhead = run_case("Adam", np.float32, [(1,)], 1,
                         ["gdcore", "gdcore_functional", "torch_fused", "deepspeed"],
@@ -393,6 +451,13 @@ def main(argv=None):
     single = [r for r in records if "case" not in r]
     multi = [r for r in records if "case" in r]
     checks = targets(records, overhead, all_cores, small_threads, scaling, busy, idle)
+    if clip:
+        folded, torch_way = ("opt.clip_grad_norm_ (folded) + step",
+                             "torch: clip_grad_norm_ + fused step")
+        value = paired_ratio(clip["samples"], folded, torch_way)
+        checks.append(("Clip + Adam step, 4 x 1,048,576 float32: folded gdcore.torch / torch "
+                       "(no target; for reference)", value, 1.0,
+                       "PASS" if value <= 1.0 else "MISS"))
     lines = [f"# gdcore benchmark report", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores; gdcore kernels: "
              f"{machine['gdcore_build']['isa']}, thread pool "
@@ -409,6 +474,12 @@ def main(argv=None):
              "| implementation | us per call |", "|---|---|"]
     for impl, sec in overhead["seconds"].items():
         lines.append(f"| {SHORT.get(impl, impl)} | {sec * 1e6:.2f} |")
+    if clip:
+        lines += ["", f"### Clip by global norm, then an Adam step (float32, 4 tensors, "
+                  f"{clip['elements']:,} elements, 1 thread)", "",
+                  "| variant | ms per clip + step |", "|---|---|"]
+        for label, sec in clip["medians"].items():
+            lines.append(f"| {label} | {sec * 1e3:.3f} |")
     if busy:
         lines += ["", bench_threads.table(busy, "Threads with one core kept busy by another "
                                           "process (Adam, float32, 1,048,576; per step, "

@@ -66,3 +66,18 @@ def test_thread_rows_run():
         assert {"gdcore x1", "gdcore x2"} <= set(samples)
         assert all(len(v) == 1 and v[0] > 0 for v in samples.values())
     assert "gdcore x2" in threads.table(busy, "t")
+
+
+def test_train_end_to_end_smoke(tmp_path):
+    """The end-to-end training benchmark runs (one short epoch) and its loss
+    curves agree: gdcore.torch trains like torch.optim.Adam."""
+    pytest.importorskip("sklearn")
+    import json
+
+    from bench import train
+    assert train.main(["--epochs", "1", "--blocks", "2", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "train.json").read_text())["summary"]
+    assert set(summary) == {"torch for-loop", "torch foreach", "torch fused", "gdcore.torch"}
+    assert summary["gdcore.torch"]["max_loss_diff"] < 1e-4
+    assert summary["gdcore.torch"]["max_param_diff"] < 1e-4
+    assert (tmp_path / "train.png").stat().st_size > 0

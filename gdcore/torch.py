@@ -336,30 +336,43 @@ class _GdcoreBackend:
         if (self._gd_engine is None or snapshot is None or not snapshot.same(self.state)
                 or self._gd_layout_seen != self._gd_layout()):
             return False
-        params = self._gd_params
-        if self._gd_distributed:
-            params = [_local(p) for p in params]
+        if not self._gd_distributed:
+            return True         # the params are checked by _core.torch_grad_views
+        params = [_local(p) for p in self._gd_params]
         # p.data = ... (new memory, or a new view of the same memory)
         return [p.data_ptr() for p in params] == self._gd_ptrs and \
             all([p.is_contiguous() for p in params])
+
+    def _gd_grad_views(self):
+        """(status, grads) of _core.torch_grad_views for the engine's params;
+        rebuilds the engine once if a param moved."""
+        if self._gd_distributed:                    # DTensor grads: checked one by one
+            return 2, None
+        for _ in range(2):
+            status, grads = _core.torch_grad_views(
+                self._gd_params, self._gd_ptrs, self._gd_views, torch.Tensor, torch.strided,
+                torch.float32, torch.float64)
+            if status != 1:
+                return status, grads
+            self._gd_build()                        # p.data = ...: follow the new memory
+            if self._gd_engine is None or self._gd_distributed:
+                return 2, None
+        return 2, None
 
     def _gd_step_locked(self, retry):
         if not self._gd_current():
             self._gd_build()
         dynamic_fallback = []
+        status, grads = (2, None) if self._gd_engine is None else self._gd_grad_views()
         engine = self._gd_engine
         if engine is not None:
             for engine_group, group in self._gd_pairs:
                 for key in engine_group:
                     if key != "params":
                         engine_group[key] = group[key]
-            params = self._gd_params
-            try:        # the common case: every param has a dense CPU grad
-                if self._gd_distributed:            # DTensor grads: checked one by one
-                    raise TypeError
-                grads = [p.grad.numpy() for p in params]
+            if status == 0:         # the common case: every param has a dense CPU grad
                 stepped = self._gd_all
-            except (AttributeError, TypeError, RuntimeError, NotImplementedError):
+            else:
                 grads, stepped = self._gd_collect(dynamic_fallback)
             grads = engine._convert(grads)
             counters = self._gd_counters if stepped is self._gd_last_stepped or \
