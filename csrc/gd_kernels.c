@@ -195,11 +195,12 @@
 #define GD_ADVANCE_2 GD_ADVANCE_1
 
 /* Grads multiplied on the way in (gd_step_scaled): the span of any kernel
- * runs over blocks of GD_SCALE_BLOCK elements whose grads are first scaled
- * into a stack buffer, so the grads are read once, from memory, and never
- * written.  Blocks start at multiples of GD_SPLIT_ALIGN within the buffer,
- * so every element takes the same path as without scaling. */
-#define GD_SCALE_BLOCK 512
+ * runs over blocks of GD_SCALE_BYTES (4,096 float32 or 2,048 float64
+ * elements) whose grads are first scaled into a stack buffer that stays in
+ * L1, so the grads are read once, from memory, and never written.  Blocks
+ * start at multiples of GD_SPLIT_ALIGN within the buffer, so every element
+ * takes the same path as without scaling. */
+#define GD_SCALE_BYTES 16384
 
 typedef struct gd_scaled {
     gd_span_fn inner;
@@ -212,6 +213,7 @@ typedef struct gd_scaled {
                                         int64_t begin, int64_t end)           \
     {                                                                         \
         const gd_scaled *s = (const gd_scaled *)opt;                          \
+        enum { GD_SCALE_BLOCK = GD_SCALE_BYTES / sizeof(T) };                 \
         _Alignas(64) T block[GD_SCALE_BLOCK];                                 \
         const T m = (T)s->multiplier;                                         \
         for (int64_t at = begin; at < end; at += GD_SCALE_BLOCK) {            \
