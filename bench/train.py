@@ -1,11 +1,11 @@
 """End to end: a real training loop with torch.optim and with gdcore.torch.
 
 A residual MLP of many small layers (each block: LayerNorm, Linear, GELU,
-Linear; 130 parameter tensors) classifies scikit-learn's handwritten digits
+Linear; 32 blocks: 198 parameter tensors) classifies scikit-learn's handwritten digits
 (1,797 8x8 images that ship inside the scikit-learn package: nothing is
 downloaded).  The same model, initialisation and batch order are trained
 with torch.optim.Adam (for-loop, foreach, fused) and gdcore.torch.Adam, on
-one thread; per training step the forward+backward time and the optimizer
+one thread, interleaved step by step; per training step the forward+backward time and the optimizer
 step time are measured separately, and the loss curves are compared.
 
     python -m bench.train [--epochs N] [--out DIR]
@@ -48,29 +48,34 @@ def model(torch, blocks, width, seed=0):
                          nn.LayerNorm(width), nn.Linear(width, 10))
 
 
-def train(torch, make_opt, x, y, epochs, batch, blocks, width):
-    """Per-step losses, forward+backward seconds and optimizer seconds."""
-    net = model(torch, blocks, width)
-    opt = make_opt(net.parameters())
+def train(torch, makers, x, y, epochs, batch, blocks, width):
+    """Trains one model per optimizer maker, interleaved step by step (the
+    same batches; machine noise hits all alike).  Per contender: per-step
+    losses, forward+backward seconds, optimizer seconds, final params."""
+    nets = {label: model(torch, blocks, width) for label in makers}
+    opts = {label: make(nets[label].parameters()) for label, make in makers.items()}
+    runs = {label: {"losses": [], "fwd_bwd": [], "step": []} for label in makers}
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     order = np.random.default_rng(1)
-    losses, fwd_bwd, steps = [], [], []
     for _ in range(epochs):
         perm = torch.from_numpy(order.permutation(len(x)))
         for start in range(0, len(x) - batch + 1, batch):
             idx = perm[start:start + batch]
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(xs[idx]), ys[idx])
-            loss.backward()
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            losses.append(float(loss))
-            fwd_bwd.append(t1 - t0)
-            steps.append(t2 - t1)
-    return {"losses": losses, "fwd_bwd": fwd_bwd, "step": steps,
-            "params": [p.detach().numpy().copy() for p in net.parameters()]}
+            for label, net in nets.items():
+                opt, run = opts[label], runs[label]
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(net(xs[idx]), ys[idx])
+                loss.backward()
+                t1 = time.perf_counter()
+                opt.step()
+                t2 = time.perf_counter()
+                run["losses"].append(float(loss))
+                run["fwd_bwd"].append(t1 - t0)
+                run["step"].append(t2 - t1)
+    for label, net in nets.items():
+        runs[label]["params"] = [p.detach().numpy().copy() for p in net.parameters()]
+    return runs
 
 
 def main(argv=None):
@@ -97,15 +102,14 @@ def main(argv=None):
         "torch fused": lambda ps: torch.optim.Adam(ps, lr=lr, fused=True),
         "gdcore.torch": lambda ps: gt.Adam(ps, lr=lr),
     }
-    runs = {}
-    for label, make in contenders.items():
-        # warm up once (allocator, lazy init), then the measured run
-        train(torch, make, x[:2 * args.batch], y[:2 * args.batch], 1, args.batch, args.blocks,
-              args.width)
-        runs[label] = train(torch, make, x, y, args.epochs, args.batch, args.blocks, args.width)
-        print(f"{label:15s} step {statistics.median(runs[label]['step']) * 1e6:8.1f} us, "
-              f"forward+backward {statistics.median(runs[label]['fwd_bwd']) * 1e6:8.1f} us, "
-              f"final loss {runs[label]['losses'][-1]:.4f}", flush=True)
+    # warm up once (allocator, lazy init), then the measured run
+    train(torch, contenders, x[:2 * args.batch], y[:2 * args.batch], 1, args.batch, args.blocks,
+          args.width)
+    runs = train(torch, contenders, x, y, args.epochs, args.batch, args.blocks, args.width)
+    for label, run in runs.items():
+        print(f"{label:15s} step {statistics.median(run['step']) * 1e6:8.1f} us, "
+              f"forward+backward {statistics.median(run['fwd_bwd']) * 1e6:8.1f} us, "
+              f"final loss {run['losses'][-1]:.4f}", flush=True)
     ref = runs["torch for-loop"]
     n_tensors = len(ref["params"])
     n_elements = sum(p.size for p in ref["params"])
