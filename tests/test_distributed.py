@@ -33,18 +33,42 @@ def _model(seed):
                                torch.nn.ReLU(), torch.nn.Linear(16, 2))
 
 
-def _worker(rank, port, out_path):
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def _run_workers(target, out, timeout):
+    """Runs target(rank, port, out) in WORLD spawned processes, kills them
+    after `timeout` seconds, and returns the JSON rank 0 wrote to `out`."""
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(rank, port, str(out))) for rank in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join()
+    assert not alive, "distributed workers did not finish in time"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return json.loads(out.read_text())
 
+
+def _join_group(rank, port):
+    """This process as `rank` of a gloo group on 127.0.0.1, one thread each."""
     import gdcore
-    import gdcore.torch as gt
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     gdcore.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
+
+
+def _worker(rank, port, out_path):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import gdcore.torch as gt
+
+    _join_group(rank, port)
     try:
         runs = {}
         for label, cls in (("torch", torch.optim.Adam), ("gdcore", gt.Adam)):
@@ -76,21 +100,7 @@ def _worker(rank, port, out_path):
 
 
 def test_zero_ddp_gloo_trains_like_torch_adam(tmp_path):
-    out = tmp_path / "result.json"
-    port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(rank, port, str(out))) for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    assert not alive, "distributed workers did not finish in time"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    result = json.loads(out.read_text())
+    result = _run_workers(_worker, tmp_path / "result.json", timeout=240)
     assert result["moved"] > 1e-3                    # training really happened
     assert result["steps"] == [float(STEPS)]         # torch's step representation
     assert result["max_scaled_diff"] <= 8e-6         # float32 tolerance of the suite
@@ -128,15 +138,10 @@ def _fsdp_worker(rank, port, out_path):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    import gdcore
     import gdcore.torch as gt
     from gdcore.family import FAMILY
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    gdcore.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    _join_group(rank, port)
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
         report = {}
@@ -217,22 +222,7 @@ def test_fsdp2_gloo_every_optimizer_trains_like_torch(tmp_path):
     and ends where torch.optim ends, element-wise (float32 tolerance of the
     suite), with DTensor state laid out as the params."""
     pytest.importorskip("torch.distributed.fsdp")
-    out = tmp_path / "fsdp.json"
-    port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_fsdp_worker, args=(rank, port, str(out)))
-             for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    assert not alive, "distributed workers did not finish in time"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    report = json.loads(out.read_text())
+    report = _run_workers(_fsdp_worker, tmp_path / "fsdp.json", timeout=300)
     mismatch = report.pop("mismatch")
     assert "params[0]" in mismatch and "Replicate" in mismatch and "Shard" in mismatch, mismatch
     for name, r in report.items():
