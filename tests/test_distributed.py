@@ -165,6 +165,11 @@ def _fsdp_worker(rank, port, out_path):
                         y = torch.randn(16, 2, generator=gen)
                         opt.zero_grad()
                         torch.nn.functional.mse_loss(model(x), y).backward()
+                        if decl.name == "SGD":          # clipping by the global norm
+                            if label == "gdcore":       # of DTensor grads, folded
+                                opt.clip_grad_norm_(0.05)
+                            else:
+                                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
                         opt.step()
                 except RuntimeError:
                     if label == "gdcore":
