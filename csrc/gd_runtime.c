@@ -71,7 +71,6 @@
 #if defined(_POSIX_THREADS) && _POSIX_THREADS > 0 && !defined(__STDC_NO_ATOMICS__) && \
     !defined(GD_NO_THREADS)
 #define GD_HAVE_POOL 1
-#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>

@@ -154,7 +154,6 @@ class _GdcoreBackend:
         self._gd_engine = None
         self._gd_snapshot = None
         self._gd_lock = _core.StepLock()
-        self._gd_multiplier = 1.0
         self._gd_clip = 1.0
 
     # ------------------------------------------------------ copy, pickle
@@ -258,6 +257,9 @@ class _GdcoreBackend:
         self._gd_last_stepped, self._gd_counters = None, []
         self._gd_all = list(range(len(self._gd_params)))
         self._gd_distributed = any(_is_dtensor(p) for p in self._gd_params)
+        # Plain tensors only: then the fast grad read runs no user code (no
+        # subclass property or method) between its checks and the kernel.
+        self._gd_plain = all(type(p) in _PLAIN for p in self._gd_params)
         self._gd_slot_names = self._engine_class._spec.slot_names
 
     def _gd_engine_state(self, state):
@@ -326,8 +328,9 @@ class _GdcoreBackend:
         return total_norm
 
     def _gd_step(self, multiplier=1.0):
-        self._gd_multiplier = multiplier
-        self._gd_lock.call(self, self._gd_step_locked, True)
+        """multiplier: every grad element is multiplied by it in the kernel
+        (AMP's 1 / scale, a folded clip)."""
+        self._gd_lock.call(self, self._gd_step_locked, multiplier)
 
     def _gd_current(self):
         """Whether the engine is still in step with torch's params, groups
@@ -336,7 +339,7 @@ class _GdcoreBackend:
         if (self._gd_engine is None or snapshot is None or not snapshot.same(self.state)
                 or self._gd_layout_seen != self._gd_layout()):
             return False
-        if not self._gd_distributed:
+        if self._gd_plain:
             return True         # the params are checked by _core.torch_grad_views
         params = [_local(p) for p in self._gd_params]
         # p.data = ... (new memory, or a new view of the same memory)
@@ -346,20 +349,20 @@ class _GdcoreBackend:
     def _gd_grad_views(self):
         """(status, grads) of _core.torch_grad_views for the engine's params;
         rebuilds the engine once if a param moved."""
-        if self._gd_distributed:                    # DTensor grads: checked one by one
-            return 2, None
-        for _ in range(2):
+        for attempt in range(2):
+            if not self._gd_plain:          # DTensors, subclasses: checked one by one
+                return 2, None
             status, grads = _core.torch_grad_views(
                 self._gd_params, self._gd_ptrs, self._gd_views, torch.Tensor, torch.strided,
                 torch.float32, torch.float64)
             if status != 1:
                 return status, grads
-            self._gd_build()                        # p.data = ...: follow the new memory
-            if self._gd_engine is None or self._gd_distributed:
-                return 2, None
+            self._gd_build()                # p.data = ...: follow the new memory
+            if self._gd_engine is None:
+                break
         return 2, None
 
-    def _gd_step_locked(self, retry):
+    def _gd_step_locked(self, multiplier, retry=True):
         if not self._gd_current():
             self._gd_build()
         dynamic_fallback = []
@@ -379,7 +382,7 @@ class _GdcoreBackend:
                 stepped == self._gd_last_stepped else None
             try:
                 if counters is not None and _core.run_plan(engine, grads, counters,
-                                                           self._gd_multiplier):
+                                                           multiplier):
                     self._gd_snapshot.advance()     # the plan advanced torch's steps
                 else:
                     # The general path: the engine's step and torch's new state
@@ -387,7 +390,7 @@ class _GdcoreBackend:
                     caught = _hold_interrupts()
                     try:
                         # dtype/shape: the engine checks
-                        engine._general_step(grads, self._gd_multiplier)
+                        engine._general_step(grads, multiplier)
                         self._gd_publish(stepped)
                     finally:
                         _release_interrupts(caught)
@@ -399,8 +402,8 @@ class _GdcoreBackend:
                 if not retry:
                     raise
                 self._gd_engine = None
-                return self._gd_step_locked(False)
-        self._gd_run_fallback(dynamic_fallback)
+                return self._gd_step_locked(multiplier, False)
+        self._gd_run_fallback(dynamic_fallback, multiplier)
         if self._gd_snapshot is None and self._gd_engine is not None:
             self._gd_snapshot = _core.StateSnapshot.capture(self.state, self._gd_counters)
 
@@ -486,7 +489,7 @@ class _GdcoreBackend:
         self._gd_last_stepped, self._gd_counters = stepped, counters
         self._gd_snapshot = None                    # captured after the step
 
-    def _gd_run_fallback(self, dynamic):
+    def _gd_run_fallback(self, dynamic, multiplier):
         if not dynamic and not any(self._gd_static_fallback):
             return
         groups = []
@@ -497,10 +500,10 @@ class _GdcoreBackend:
                 groups.append(dict(group, params=params))
         if not groups:
             return
-        if self._gd_multiplier != 1.0:      # torch's own step reads unscaled grads
+        if multiplier != 1.0:               # torch's own step reads unscaled grads
             grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
             if grads:
-                torch._foreach_mul_(grads, self._gd_multiplier)
+                torch._foreach_mul_(grads, multiplier)
         fallback = self._torch_class.__new__(self._torch_class)
         torch.optim.Optimizer.__init__(fallback, groups, self.defaults)
         fallback.state = self.state

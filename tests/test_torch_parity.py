@@ -446,6 +446,19 @@ class InterruptingFloat:
         return self.value
 
 
+def _pair_before_step(name, config, warmup):
+    """A fresh (gdcore.torch, torch) pair after `warmup` steps on both, with
+    the grads of the next step set on ours and a snapshot of ours taken."""
+    ours, our_opt, ref, ref_opt = make_pair(name, config, torch.float32)
+    for t in range(warmup):
+        set_grads(ours, t)
+        set_grads(ref, t)
+        our_opt.step()
+        ref_opt.step()
+    set_grads(ours, warmup)
+    return ours, our_opt, ref, ref_opt, snapshot(our_opt, ours)
+
+
 @pytest.mark.parametrize("step", ["first step", "later step"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_interrupt_in_a_groups_lr_is_all_or_nothing(name, step):
@@ -456,14 +469,7 @@ def test_interrupt_in_a_groups_lr_is_all_or_nothing(name, step):
     warmup = 1 if step == "later step" else 0
     failures = []
     for n in range(1, 50):
-        ours, our_opt, ref, ref_opt = make_pair(name, config, torch.float32)
-        for t in range(warmup):
-            set_grads(ours, t)
-            set_grads(ref, t)
-            our_opt.step()
-            ref_opt.step()
-        set_grads(ours, warmup)
-        before = snapshot(our_opt, ours)
+        ours, our_opt, ref, ref_opt, before = _pair_before_step(name, config, warmup)
         lr = our_opt.param_groups[1]["lr"]
         our_opt.param_groups[1]["lr"] = InterruptingFloat(lr, n)
         try:
@@ -523,14 +529,7 @@ def test_interrupt_at_any_line_of_a_step_is_all_or_nothing(name, step):
     while True:
         n += 1
         assert n < 20000, "the step never completed"
-        ours, our_opt, ref, ref_opt = make_pair(name, config, torch.float32)
-        for t in range(warmup):
-            set_grads(ours, t)
-            set_grads(ref, t)
-            our_opt.step()
-            ref_opt.step()
-        set_grads(ours, warmup)
-        before = snapshot(our_opt, ours)
+        ours, our_opt, ref, ref_opt, before = _pair_before_step(name, config, warmup)
         tracer = InterruptAtLine(n)
         old = sys.gettrace()
         grad_mode = torch.is_grad_enabled()
