@@ -857,6 +857,361 @@ def commit_and_run(Spec spec, list pending, dict state_by_id, bint counts_steps,
         (<_Batch>batch)._run(grad_multiplier)
 
 
+# ------------------------------------------- gdcore.torch's state watch
+
+from cpython.dict cimport PyDict_Next, PyDict_Size
+from cpython.object cimport PyObject
+
+
+cdef class StateSnapshot:
+    """What gdcore.torch's engine was last in step with: torch's
+    ``optimizer.state`` (the mapping itself, each param's dict, each entry)
+    and the values of the `step` counters it advances.  `same` tells, in a
+    C loop over the entries (no hashing of tensors), whether anything was
+    replaced, added, removed or set since; an in-place change of a step
+    counter shows as a value other than the one expected."""
+    cdef object mapping
+    cdef list dicts                 # [key, dict, key, dict, ...] in mapping order
+    cdef list entries               # per dict: tuple (key, value, key, value, ...)
+    cdef list counters              # pinning the memory of counter_ptrs
+    cdef void **counter_ptrs
+    cdef bint *counter_f64
+    cdef double *expected
+
+    def __dealloc__(self):
+        free(self.expected)
+        free(self.counter_ptrs)
+        free(self.counter_f64)
+
+    @staticmethod
+    def capture(object mapping, list counters):
+        if not isinstance(mapping, dict):
+            return None
+        cdef StateSnapshot snap = StateSnapshot.__new__(StateSnapshot)
+        cdef Py_ssize_t pos = 0, i
+        cdef PyObject *key
+        cdef PyObject *value
+        snap.mapping, snap.dicts, snap.entries = mapping, [], []
+        while PyDict_Next(mapping, &pos, &key, &value):
+            snap.dicts.append(<object>key)
+            snap.dicts.append(<object>value)
+            snap.entries.append(_dict_items(<object>value))
+        if not _counters_ok(counters):
+            raise TypeError("counters must be writable, aligned 1-element float32/float64 "
+                            "numpy arrays")
+        snap.counters = list(counters)
+        n = len(counters)
+        snap.expected = <double *>malloc((n + 1) * sizeof(double))
+        snap.counter_ptrs = <void **>malloc((n + 1) * sizeof(void *))
+        snap.counter_f64 = <bint *>malloc((n + 1) * sizeof(bint))
+        if snap.expected == NULL or snap.counter_ptrs == NULL or snap.counter_f64 == NULL:
+            raise MemoryError()
+        for i in range(n):
+            a = <cnp.ndarray>snap.counters[i]
+            snap.counter_ptrs[i] = cnp.PyArray_DATA(a)
+            snap.counter_f64[i] = cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT64
+            snap.expected[i] = _counter_value(a)
+        return snap
+
+    cdef inline double _value(self, Py_ssize_t i) noexcept:
+        if self.counter_f64[i]:
+            return (<double *>self.counter_ptrs[i])[0]
+        return (<float *>self.counter_ptrs[i])[0]
+
+    def same(self, mapping):
+        """Whether `mapping` and everything in it is as captured."""
+        cdef Py_ssize_t pos = 0, k = 0, i
+        cdef PyObject *key
+        cdef PyObject *value
+        if mapping is not self.mapping or PyDict_Size(mapping) * 2 != len(self.dicts):
+            return False
+        while PyDict_Next(mapping, &pos, &key, &value):
+            if <object>key is not self.dicts[2 * k] or <object>value is not self.dicts[2 * k + 1]:
+                return False
+            if not _items_same(<object>value, <tuple>self.entries[k]):
+                return False
+            k += 1
+        for i in range(len(self.counters)):
+            if self._value(i) != self.expected[i]:
+                return False
+        return True
+
+    def advance(self):
+        """The counters were advanced by one step (Plan.run)."""
+        for i in range(len(self.counters)):
+            self.expected[i] += 1
+
+    cdef void step_counters(self) noexcept:
+        """Add 1 to every counter (Plan.run_torch), and expect it."""
+        for i in range(len(self.counters)):
+            if self.counter_f64[i]:
+                (<double *>self.counter_ptrs[i])[0] += 1
+            else:
+                (<float *>self.counter_ptrs[i])[0] += 1
+            self.expected[i] += 1
+
+
+cdef tuple _dict_items(object d):
+    if type(d) is not dict:
+        return None
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    out = []
+    while PyDict_Next(d, &pos, &key, &value):
+        out.append(<object>key)
+        out.append(<object>value)
+    return tuple(out)
+
+
+cdef bint _items_same(object d, tuple items):
+    if items is None or type(d) is not dict or PyDict_Size(d) * 2 != len(items):
+        return False
+    cdef Py_ssize_t pos = 0, k = 0
+    cdef PyObject *key
+    cdef PyObject *value
+    while PyDict_Next(d, &pos, &key, &value):
+        if <object>key is not items[k] or <object>value is not items[k + 1]:
+            return False
+        k += 2
+    return True
+
+
+cdef inline double _counter_value(cnp.ndarray a):
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        return (<float *>cnp.PyArray_DATA(a))[0]
+    return (<double *>cnp.PyArray_DATA(a))[0]
+
+
+# ------------------------------------- gdcore.torch's tensors, read in C
+
+from cpython.exc cimport PyErr_Clear
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "gd_dlpack.h":
+    int GD_DLPACK_MAJOR, GD_DLPACK_CPU, GD_DLPACK_FLOAT
+    ctypedef struct gd_dl_device:
+        int32_t device_type
+    ctypedef struct gd_dl_dtype:
+        uint8_t code
+        uint8_t bits
+        uint16_t lanes
+    ctypedef struct gd_dl_tensor:
+        void *data
+        gd_dl_device device
+        int32_t ndim
+        gd_dl_dtype dtype
+        int64_t *shape
+        int64_t *strides
+        uint64_t byte_offset
+    ctypedef int (*gd_dl_from_py)(void *py_object, gd_dl_tensor *out) noexcept
+    ctypedef struct gd_dl_exchange_api:
+        uint32_t major
+        gd_dl_from_py dltensor_from_py_object_no_sync
+
+ctypedef PyObject *(*_getter_fn)(PyObject *obj, void *closure)      # CPython's getter
+ctypedef PyObject *(*_cfunction_fn)(PyObject *obj, PyObject *args)  # PyCFunction
+
+cdef extern from "Python.h":
+    # descrobject.h: the C function behind a getset / method descriptor
+    ctypedef struct PyGetSetDef:
+        _getter_fn get
+        void *closure
+    ctypedef struct PyGetSetDescrObject:
+        PyGetSetDef *d_getset
+    ctypedef struct PyMethodDef:
+        _cfunction_fn ml_meth
+        int ml_flags
+    ctypedef struct PyMethodDescrObject:
+        PyMethodDef *d_method
+    int METH_NOARGS, METH_VARARGS, METH_KEYWORDS, METH_FASTCALL, METH_O
+    void Py_DECREF(PyObject *o)
+    PyObject *Py_True
+
+cdef gd_dl_from_py _dl_read = NULL      # torch's DLTensor filler, or NULL
+cdef _getter_fn _grad_get = NULL        # torch.Tensor.grad's getter
+cdef void *_grad_closure = NULL
+cdef _cfunction_fn _is_neg = NULL       # torch.Tensor.is_neg (METH_NOARGS)
+cdef tuple _dl_types = ()               # the exact types it is used for
+cdef object _dl_grad_type = None        # torch.Tensor: the one type of a fast-path grad
+cdef object _dl_mode_enabled = None     # torch._C._is_torch_function_mode_enabled
+cdef object _dl_strided = None          # torch.strided
+
+
+def torch_exchange_init(tuple types, object grad_type, object strided, object mode_enabled,
+                        object grad_descriptor, object is_neg_descriptor):
+    """Called once by gdcore.torch (types: torch.Tensor and torch.nn.Parameter;
+    grad_type: torch.Tensor; strided: torch.strided; mode_enabled:
+    torch._C._is_torch_function_mode_enabled; grad_descriptor and
+    is_neg_descriptor: the descriptors that ``.grad`` and ``.is_neg`` of
+    every type resolve to).  Finds torch's DLPack exchange table, the
+    capsule ``__dlpack_c_exchange_api__`` of each type (one table for all),
+    and the C functions behind the two descriptors (called directly, as
+    CPython would call them, without the attribute lookup), and returns
+    whether the C reads are available (torch >= 2.10); without them
+    gdcore.torch reads every tensor through its Python methods (the general
+    path)."""
+    global _dl_read, _dl_types, _dl_grad_type, _dl_mode_enabled, _dl_strided
+    global _grad_get, _grad_closure, _is_neg
+    if type(grad_descriptor).__name__ != "getset_descriptor" or \
+            type(is_neg_descriptor).__name__ != "method_descriptor":
+        return False
+    cdef PyMethodDef *is_neg_def = (<PyMethodDescrObject *><PyObject *>is_neg_descriptor).d_method
+    if is_neg_def.ml_flags & (METH_NOARGS | METH_VARARGS | METH_KEYWORDS | METH_FASTCALL
+                              | METH_O) != METH_NOARGS:
+        return False
+    cdef const gd_dl_exchange_api *api
+    cdef const gd_dl_exchange_api *first = NULL
+    _dl_grad_type, _dl_strided, _dl_mode_enabled = grad_type, strided, mode_enabled
+    for t in types:
+        capsule = getattr(t, "__dlpack_c_exchange_api__", None)
+        if capsule is None or not PyCapsule_IsValid(capsule, "dlpack_exchange_api"):
+            return False
+        api = <const gd_dl_exchange_api *>PyCapsule_GetPointer(capsule, "dlpack_exchange_api")
+        if api.major != GD_DLPACK_MAJOR or api.dltensor_from_py_object_no_sync == NULL or \
+                (first != NULL and api != first):
+            return False
+        first = api
+    if first == NULL:
+        return False
+    _dl_read, _dl_types = first.dltensor_from_py_object_no_sync, types
+    _grad_get = (<PyGetSetDescrObject *><PyObject *>grad_descriptor).d_getset.get
+    _grad_closure = (<PyGetSetDescrObject *><PyObject *>grad_descriptor).d_getset.closure
+    _is_neg = is_neg_def.ml_meth
+    return True
+
+
+cdef int _propagate() except -1:
+    """Raise the exception a C call left set (Cython sees the -1)."""
+    return -1
+
+
+cdef int _negative(object t) except -1:
+    """t.is_neg() (t of a type in _dl_types), calling its C function."""
+    cdef PyObject *r = _is_neg(<PyObject *>t, NULL)
+    if r == NULL:
+        _propagate()
+    cdef bint out = r == Py_True
+    Py_DECREF(r)
+    return out
+
+
+cdef object _grad_of(object p):
+    """p.grad (p of a type in _dl_types), calling its getter."""
+    cdef PyObject *r = _grad_get(<PyObject *>p, _grad_closure)
+    if r == NULL:
+        _propagate()
+    out = <object>r
+    Py_DECREF(r)
+    return out
+
+
+cdef inline bint _dl_describe(object t, gd_dl_tensor *out) noexcept:
+    """Fill *out for torch tensor t (of a type in _dl_types); False, with the
+    error cleared, when torch cannot describe it (no storage, meta, ...)."""
+    if _dl_read(<void *>t, out) != 0:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef bint _dl_dense(const gd_dl_tensor *d, int typenum, int64_t *numel) noexcept:
+    """Whether described tensor *d is on the CPU, of NumPy dtype `typenum`
+    (float32/float64) and C-contiguous (dims of size 1 do not count, as in
+    torch and NumPy); *numel: its element count."""
+    cdef int64_t expected = 1, count = 1
+    cdef int32_t j
+    if d.device.device_type != GD_DLPACK_CPU or d.dtype.code != GD_DLPACK_FLOAT or \
+            d.dtype.lanes != 1 or \
+            d.dtype.bits != (32 if typenum == cnp.NPY_FLOAT32 else 64):
+        return False
+    for j in range(d.ndim):
+        count *= d.shape[j]
+    numel[0] = count
+    if d.strides == NULL or count == 0:
+        return True
+    for j in range(d.ndim - 1, -1, -1):
+        if d.shape[j] != 1:
+            if d.strides[j] != expected:
+                return False
+            expected *= d.shape[j]
+    return True
+
+
+cdef inline bint _dl_same_shape(const gd_dl_tensor *d, cnp.ndarray a) noexcept:
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    if d.ndim != nd:
+        return False
+    for j in range(nd):
+        if d.shape[j] != dims[j]:
+            return False
+    return True
+
+
+cdef class TorchWatch:
+    """gdcore.torch's params (torch tensors), each paired with the NumPy
+    array its engine updates in its place.  `check()` tells whether every
+    tensor still has its array's memory, dtype and shape, contiguous, and
+    has no negative bit, i.e. whether no ``p.data = ...`` or ``p.set_()``
+    changed it since: the memory part in C with no Python code (`same`)
+    when every tensor is of an exact type torch describes in C (`in_c`),
+    else through the tensors' Python methods.  (The arrays pin the memory
+    they view, so a tensor that moved is safe, but no longer what the
+    engine updates: the engine is rebuilt.)"""
+    cdef list tensors, arrays
+    cdef readonly bint in_c
+
+    def __init__(self, list tensors, list arrays):
+        if len(tensors) != len(arrays):
+            raise ValueError("one array per tensor")
+        for a in arrays:
+            if not cnp.PyArray_Check(a):
+                raise TypeError("arrays must be numpy.ndarray")
+        self.tensors, self.arrays = list(tensors), list(arrays)
+        self.in_c = _dl_read != NULL and all(type(t) in _dl_types for t in self.tensors)
+
+    cdef bint same(self) noexcept:
+        """(in_c only) Whether every tensor still has its array's memory,
+        dtype and shape, contiguous.  Runs no Python code."""
+        cdef Py_ssize_t k
+        cdef gd_dl_tensor d
+        cdef int64_t numel
+        cdef cnp.ndarray a
+        for k in range(len(self.tensors)):
+            a = <cnp.ndarray>self.arrays[k]
+            if not _dl_describe(self.tensors[k], &d) or \
+                    not _dl_dense(&d, cnp.PyArray_TYPE(a), &numel) or \
+                    not _dl_same_shape(&d, a) or \
+                    (numel != 0 and   # (an empty tensor's data pointer means nothing)
+                     <char *>d.data + d.byte_offset != <char *>cnp.PyArray_DATA(a)):
+                return False
+        return True
+
+    cdef bint any_negative(self) except -1:
+        """Whether a tensor has the negative bit (``p.data = x.conj().imag``):
+        its memory holds minus its values."""
+        for t in self.tensors:
+            if _negative(t) if self.in_c else t.is_neg():
+                return True
+        return False
+
+    def check(self):
+        """Whether every tensor still matches its array (see the class doc)."""
+        if self.any_negative():
+            return False
+        if self.in_c:
+            return self.same()
+        for t, a in zip(self.tensors, self.arrays):
+            if (t.numel() != 0 and t.data_ptr() != <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>a)) \
+                    or not t.dtype.is_floating_point or t.dtype.itemsize != a.itemsize \
+                    or tuple(t.shape) != a.shape or t.device.type != "cpu" \
+                    or t.layout is not _dl_strided or not t.is_contiguous():
+                return False
+        return True
+
+
 cdef inline bint _as_planned(cnp.ndarray a, cnp.ndarray param, int typenum, void *data,
                              bint scalar):
     """Whether array `a` (a param, a state buffer shaped like `param`, or a
@@ -1027,15 +1382,100 @@ cdef class Plan:
         arrays to add 1 to once the kernels ran (gdcore.torch's `step`
         tensors), checked with everything else first.  grad_multiplier:
         every grad element is multiplied by it in the kernel."""
-        cdef Py_ssize_t g, k, s, n = self.count
+        cdef Py_ssize_t k, n = self.count
+        cdef list keep = [grads]
+        if len(grads) != n or not self._settled(counters, param_groups, state_by_id):
+            return False
+        for k in range(n):
+            grad = grads[self.position[k]]
+            if grad is None:                    # skipped this step: no elements
+                self.buffers[k].n = 0
+                self.buffers[k].step = 0
+                continue
+            self.buffers[k].n = self.sizes[k]
+            _gather_grad(<cnp.ndarray>grad, self.position[k], None, False,
+                         <cnp.ndarray>self.params[k], &self.buffers[k], self.spans,
+                         self.nspans, keep)
+            self.buffers[k].step = self._next_step(k)
+        self._launch(counters, grad_multiplier)
+        return True
+
+    def run_torch(self, list tensors, StateSnapshot snapshot not None, list param_groups,
+                  dict state_by_id, TorchWatch watch not None, double grad_multiplier=1.0):
+        """gdcore.torch's steady state: `run` with the grads of torch params
+        `tensors` (exact torch.Tensor/Parameter objects, in the grads'
+        positions), read in C through DLPack (see csrc/gd_dlpack.h) instead
+        of NumPy views.  `watch`: the same params paired with the engine's
+        arrays; `snapshot`: torch's state as captured, whose `step` counters
+        (one per param) are advanced with the step.  Returns 1 when the
+        step ran; 0, having
+        changed nothing, for the general path (a missing grad, a grad that
+        is not a plain dense CPU tensor of its param's dtype and shape, or
+        anything `run` would refuse); 2, having changed nothing, when a
+        param no longer has the memory the engine holds (``p.data =``,
+        ``p.set_()``: the engine is rebuilt)."""
+        cdef Py_ssize_t i, k, n = self.count
+        cdef gd_dl_tensor d
+        cdef int64_t numel
+        cdef uintptr_t lo, hi
+        cdef cnp.ndarray p
+        if _dl_read == NULL or not watch.in_c or len(tensors) != n:
+            return 0
+        # Everything that may run Python code (hyperparameters' __float__, a
+        # torch function mode's handlers) comes first ...
+        if not self._settled(None, param_groups, state_by_id, False) or _dl_mode_enabled():
+            return 0
+        cdef list grads = [None] * n
+        for i in range(n):
+            g = _grad_of(tensors[i])
+            if type(g) is not _dl_grad_type or _negative(g):
+                return 0
+            grads[i] = g                    # referenced until the kernel is done
+        if watch.any_negative():
+            return 2
+        # ... then the checks and the kernel, with no Python code in between.
+        if not watch.same():
+            return 2
+        for k in range(n):
+            p = <cnp.ndarray>self.params[k]
+            if not _dl_describe(grads[self.position[k]], &d) or \
+                    not _dl_dense(&d, cnp.PyArray_TYPE(p), &numel) or \
+                    not _dl_same_shape(&d, p):
+                return 0
+            lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
+            hi = lo + <uintptr_t>cnp.PyArray_NBYTES(p)
+            if lo % <uintptr_t>cnp.PyArray_ITEMSIZE(p) != 0 or \
+                    (hi > lo and _overlaps_written(self.spans, self.nspans, lo, hi)):
+                return 0                    # the general path copies or refuses it
+            self.buffers[k].grad = <const void *>lo
+            self.buffers[k].n = self.sizes[k]
+            self.buffers[k].step = self._next_step(k)
+        snapshot.step_counters()            # torch's `step` tensors
+        self._launch(None, grad_multiplier)
+        return 1
+
+    cdef int64_t _next_step(self, Py_ssize_t k) except -1:
+        """The step number buffer k takes (its state's `step` + 1)."""
+        if self.spec.counts_steps:
+            return (<dict>self.states[k])["step"] + 1
+        return 2                            # SGD: the momentum buffer exists
+
+    cdef bint _settled(self, list counters, list param_groups, dict state_by_id,
+                       bint buffers=True) except -1:
+        """Whether everything but the grads is as planned (see the class
+        docstring); re-reads changed hyperparameters (which may run user
+        code: ``__float__``).  buffers=False: the groups and hyperparameters
+        only, for an engine whose params and state nobody else can reach
+        (gdcore.torch's, which checks torch's side itself)."""
+        cdef Py_ssize_t g, k, s
         cdef double *o
         cdef bint used[_MAX_SLOTS]
         cdef cnp.ndarray p, a
         cdef dict st
-        cdef list lst, keep = [grads]
+        cdef list lst
         cdef Spec spec = self.spec
         cdef int typenum
-        if len(grads) != n or state_by_id is not self.state_by_id or \
+        if state_by_id is not self.state_by_id or \
                 len(param_groups) != self.ngroups:
             return False
         for g in range(self.ngroups):
@@ -1060,6 +1500,8 @@ cdef class Plan:
                         return False
                     self.group_values[g] = _group_values(group, spec.keys)
                     break
+            if not buffers:
+                continue
             for k in range(self.group_start[g], self.group_start[g + 1]):
                 p = <cnp.ndarray>self.params[k]
                 if lst[self.member[k]] is not p:
@@ -1095,20 +1537,15 @@ cdef class Plan:
                         return False
         if counters is not None and not _counters_ok(counters):
             return False
-        for k in range(n):
-            grad = grads[self.position[k]]
-            if grad is None:                    # skipped this step: no elements
-                self.buffers[k].n = 0
-                self.buffers[k].step = 0
-                continue
-            self.buffers[k].n = self.sizes[k]
-            _gather_grad(<cnp.ndarray>grad, self.position[k], None, False,
-                         <cnp.ndarray>self.params[k], &self.buffers[k], self.spans,
-                         self.nspans, keep)
-            if spec.counts_steps:
-                self.buffers[k].step = (<dict>self.states[k])["step"] + 1
-            else:
-                self.buffers[k].step = 2        # SGD: the momentum buffer exists
+        return True
+
+    cdef void _launch(self, list counters, double grad_multiplier):
+        """Commit the step counters, read the scalar state, run the kernels
+        (GIL released), store the scalar state and advance `counters`.
+        Everything was checked; no Python code runs here."""
+        cdef Py_ssize_t g, k, s, n = self.count
+        cdef double *o
+        cdef Spec spec = self.spec
         # All checked: commit the step counters, read the scalars, then run.
         # (No Python code runs from here on: a signal's KeyboardInterrupt
         # is raised after the whole step, never within it.)
@@ -1138,7 +1575,6 @@ cdef class Plan:
             _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
         if counters is not None:
             _increment(counters)
-        return True
 
 
 # -------------------------------------------------------- benchmark probe
@@ -1165,52 +1601,6 @@ def stream(params, grads, states, *, int nread, int nwrite):
             gd_stream(GD_FLOAT32, nread, nwrite, b.buffers, b.n32)
         if b.count > b.n32:
             gd_stream(GD_FLOAT64, nread, nwrite, b.buffers + b.n32, b.count - b.n32)
-
-
-# ------------------------------------------- gdcore.torch's grads, cheaply
-
-def torch_grad_views(list params, list param_ptrs, list param_views, object tensor_type,
-                     object strided, object float32, object float64):
-    """gdcore.torch's steady state: read-only NumPy views of the grads of
-    torch params `params` (plain tensors), made in C from each grad's data
-    pointer (each view keeps its grad alive) instead of Tensor.numpy(),
-    which costs microseconds a tensor.
-
-    Returns (0, views) when every param is where the engine has it
-    (param_ptrs: its data pointer; param_views: its NumPy view, whose dtype
-    and shape the grad must have) and contiguous, and every grad is a plain
-    CPU strided contiguous tensor of the param's dtype and size without the
-    negative bit (tensor_type, strided, float32, float64: torch.Tensor,
-    torch.strided, torch.float32, torch.float64); (1, None) when a param moved or is no longer contiguous
-    (the engine is rebuilt); (2, None) for anything else (a missing, sparse,
-    subclass, strided or negative-view grad: the caller's general path)."""
-    cdef Py_ssize_t k, n = len(params)
-    cdef cnp.ndarray view, out
-    cdef list views = [None] * n
-    cdef int typenum
-    cdef uintptr_t address
-    for k in range(n):
-        p = params[k]
-        if p.data_ptr() != param_ptrs[k] or not p.is_contiguous():
-            return 1, None
-    for k in range(n):
-        g = (<object>params[k]).grad
-        if type(g) is not tensor_type:
-            return 2, None
-        view = <cnp.ndarray>param_views[k]
-        typenum = cnp.PyArray_TYPE(view)
-        dtype = g.dtype
-        if g.layout is not strided or not g.is_cpu or g.is_neg() or not g.is_contiguous() or \
-                g.numel() != cnp.PyArray_SIZE(view) or \
-                dtype is not (float32 if typenum == cnp.NPY_FLOAT32 else float64):
-            return 2, None
-        address = g.data_ptr()
-        out = cnp.PyArray_SimpleNewFromData(cnp.PyArray_NDIM(view), cnp.PyArray_DIMS(view),
-                                            typenum, <void *>address)
-        cnp.set_array_base(out, g)
-        cnp.PyArray_CLEARFLAGS(out, cnp.NPY_ARRAY_WRITEABLE)
-        views[k] = out
-    return 0, views
 
 
 # ------------------------------------------------------ grad norm (clipping)
@@ -1386,103 +1776,20 @@ cdef bint _plan_step(object optimizer, list grads, list counters,
     return True
 
 
-# ------------------------------------------- gdcore.torch's state watch
-
-from cpython.dict cimport PyDict_Next, PyDict_Size
-from cpython.object cimport PyObject
-
-
-cdef class StateSnapshot:
-    """What gdcore.torch's engine was last in step with: torch's
-    ``optimizer.state`` (the mapping itself, each param's dict, each entry)
-    and the values of the `step` counters it advances.  `same` tells, in a
-    C loop over the entries (no hashing of tensors), whether anything was
-    replaced, added, removed or set since; an in-place change of a step
-    counter shows as a value other than the one expected."""
-    cdef object mapping
-    cdef list dicts                 # [key, dict, key, dict, ...] in mapping order
-    cdef list entries               # per dict: tuple (key, value, key, value, ...)
-    cdef list counters
-    cdef double *expected
-
-    def __dealloc__(self):
-        free(self.expected)
-
-    @staticmethod
-    def capture(object mapping, list counters):
-        if not isinstance(mapping, dict):
-            return None
-        cdef StateSnapshot snap = StateSnapshot.__new__(StateSnapshot)
-        cdef Py_ssize_t pos = 0, i
-        cdef PyObject *key
-        cdef PyObject *value
-        snap.mapping, snap.dicts, snap.entries = mapping, [], []
-        while PyDict_Next(mapping, &pos, &key, &value):
-            snap.dicts.append(<object>key)
-            snap.dicts.append(<object>value)
-            snap.entries.append(_dict_items(<object>value))
-        if not _counters_ok(counters):
-            raise TypeError("counters must be writable, aligned 1-element float32/float64 "
-                            "numpy arrays")
-        snap.counters = counters
-        snap.expected = <double *>malloc((len(counters) + 1) * sizeof(double))
-        if snap.expected == NULL:
-            raise MemoryError()
-        for i in range(len(counters)):
-            snap.expected[i] = _counter_value(<cnp.ndarray>counters[i])
-        return snap
-
-    def same(self, mapping):
-        """Whether `mapping` and everything in it is as captured."""
-        cdef Py_ssize_t pos = 0, k = 0, i
-        cdef PyObject *key
-        cdef PyObject *value
-        if mapping is not self.mapping or PyDict_Size(mapping) * 2 != len(self.dicts):
-            return False
-        while PyDict_Next(mapping, &pos, &key, &value):
-            if <object>key is not self.dicts[2 * k] or <object>value is not self.dicts[2 * k + 1]:
-                return False
-            if not _items_same(<object>value, <tuple>self.entries[k]):
-                return False
-            k += 1
-        for i in range(len(self.counters)):
-            if _counter_value(<cnp.ndarray>self.counters[i]) != self.expected[i]:
-                return False
-        return True
-
-    def advance(self):
-        """The counters were advanced by one step (Plan.run)."""
-        for i in range(len(self.counters)):
-            self.expected[i] += 1
+def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not None,
+                   TorchWatch watch not None, double grad_multiplier=1.0):
+    """gdcore.torch's step on `optimizer`'s (its engine's) cached plan, with
+    the grads of torch params `tensors` read in C: Plan.run_torch's 1 (ran),
+    0 (take the general path) or 2 (rebuild the engine)."""
+    plan_obj = optimizer._plan
+    state = optimizer.state
+    groups = optimizer.param_groups
+    if plan_obj is None or type(state) is not PARAM_STATE_TYPE or type(groups) is not list:
+        return 0
+    status = (<Plan>plan_obj).run_torch(tensors, snapshot, groups, state._by_id, watch,
+                                        grad_multiplier)
+    if status == 1:
+        optimizer.last_step_created_state = False
+    return status
 
 
-cdef tuple _dict_items(object d):
-    if type(d) is not dict:
-        return None
-    cdef Py_ssize_t pos = 0
-    cdef PyObject *key
-    cdef PyObject *value
-    out = []
-    while PyDict_Next(d, &pos, &key, &value):
-        out.append(<object>key)
-        out.append(<object>value)
-    return tuple(out)
-
-
-cdef bint _items_same(object d, tuple items):
-    if items is None or type(d) is not dict or PyDict_Size(d) * 2 != len(items):
-        return False
-    cdef Py_ssize_t pos = 0, k = 0
-    cdef PyObject *key
-    cdef PyObject *value
-    while PyDict_Next(d, &pos, &key, &value):
-        if <object>key is not items[k] or <object>value is not items[k + 1]:
-            return False
-        k += 2
-    return True
-
-
-cdef inline double _counter_value(cnp.ndarray a):
-    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
-        return (<float *>cnp.PyArray_DATA(a))[0]
-    return (<double *>cnp.PyArray_DATA(a))[0]

@@ -16,11 +16,28 @@ Design note.  Each optimizer keeps an *engine*: a gdcore NumPy optimizer
 (gdcore.Adam, ...) over NumPy views of the params, whose state arrays are
 views of the torch state tensors (or, for state the engine creates itself,
 torch tensors made from its arrays with torch.from_numpy): one memory, two
-names.  step() hands the engine the grads as NumPy views (no copies), copies
-the group hyperparameters into it (so schedulers work), and advances torch's
-``step`` tensors with one foreach call.  The engine is rebuilt from torch's
-state whenever the params or the state were replaced (load_state_dict,
-add_param_group, ``p.data = ...``).
+names.  step() copies the group hyperparameters into the engine (so
+schedulers work), hands it the grads and advances torch's ``step`` tensors.
+The engine is rebuilt from torch's state whenever the params or the state
+were replaced (load_state_dict, add_param_group, ``p.data = ...``,
+``p.set_(...)``, a state tensor replaced in ``opt.state``).
+
+The steady state (every param a plain tensor with a dense grad, as at the
+last step) reads nothing per tensor in Python: _core.Plan.run_torch reads
+each ``p.grad`` and checks grads and params through torch's C functions (the
+DLPack exchange table of torch >= 2.10: data pointer, dtype, shape,
+strides, device; the negative bit through ``is_neg``'s C function), about
+0.3-0.6 us a tensor, most of it cache misses on torch's tensor metadata.
+Anything it does not take (a missing, strided, negated or overlapping grad,
+a torch function mode) goes to the general path, which views each grad
+as NumPy and whose checks and errors are the engine's.  What is checked
+every step: the grads (type, dtype, shape, contiguity, negative bit,
+overlap with what the step writes) and the params' memory (a param given
+other memory or the negative bit since the engine was built).  What is not:
+the memory of a state tensor changed in place (``state[name].data = t``,
+``state[name].set_(t)``): the engine keeps updating the memory it had,
+which its NumPy view keeps alive; replace state tensors instead
+(``state[name] = t``) or use load_state_dict, as both are seen.
 
 DTensor params (FSDP2's ``fully_shard``, tensor parallelism) are stepped by
 their local shards, zero-copy; their state tensors are DTensors laid out as
@@ -36,6 +53,7 @@ compatibility and change nothing (gdcore's kernel is always fused);
 ``differentiable=True`` is not supported.
 """
 import functools
+import inspect
 import math
 import signal
 import threading
@@ -58,6 +76,13 @@ __all__ = [decl.name for decl in FAMILY] + ["clip_grad_norm_"]
 
 _DTYPES = (torch.float32, torch.float64)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+# Whether steps read grads and check params in C (torch >= 2.10's DLPack
+# exchange table; see csrc/gd_dlpack.h), else through NumPy views.
+_C_READS = _core.torch_exchange_init(
+    _PLAIN, torch.Tensor, torch.strided, torch._C._is_torch_function_mode_enabled,
+    *({inspect.getattr_static(t, name) for t in _PLAIN}.pop() if len(
+        {id(inspect.getattr_static(t, name)) for t in _PLAIN}) == 1 else None
+      for name in ("grad", "is_neg")))
 
 
 def _is_dtensor(t):
@@ -85,6 +110,8 @@ def _unsupported(p):
         return f"{shard}has layout {p.layout}"
     if not p.is_contiguous():
         return f"{shard}is not contiguous"
+    if p.is_neg():
+        return f"{shard}is a lazily negated view (is_neg(); resolve_neg() makes a copy)"
     if torch.is_complex(p):
         return f"{shard}is complex"
     if type(p) not in _PLAIN:
@@ -255,6 +282,8 @@ class _GdcoreBackend:
         self._gd_snapshot = None
         self._gd_layout_seen = self._gd_layout()
         self._gd_last_stepped, self._gd_counters = None, []
+        # the params' memory, checked every step (p.data = ..., p.set_(...))
+        self._gd_watch = _core.TorchWatch([_local(p) for p in self._gd_params], self._gd_views)
         self._gd_all = list(range(len(self._gd_params)))
         self._gd_distributed = any(_is_dtensor(p) for p in self._gd_params)
         # Plain tensors only: then the fast grad read runs no user code (no
@@ -278,6 +307,8 @@ class _GdcoreBackend:
                     state[name] = value = _DTensor.from_local(
                         local, value.device_mesh, value.placements, run_check=False,
                         shape=value.shape, stride=value.stride())
+                # (numpy() bases the array on an alias of the tensor: the
+                # memory stays alive whatever is done to `value`, set_ included)
                 out[name] = local.numpy()
         return out
 
@@ -334,75 +365,73 @@ class _GdcoreBackend:
 
     def _gd_current(self):
         """Whether the engine is still in step with torch's params, groups
-        and state (else it is rebuilt from them)."""
+        and state (else it is rebuilt from them).  For plain params, the
+        watch on their memory is checked by the step itself."""
         snapshot = self._gd_snapshot
         if (self._gd_engine is None or snapshot is None or not snapshot.same(self.state)
                 or self._gd_layout_seen != self._gd_layout()):
             return False
         if self._gd_plain:
-            return True         # the params are checked by _core.torch_grad_views
+            return True
         params = [_local(p) for p in self._gd_params]
-        # p.data = ... (new memory, or a new view of the same memory)
+        # p.data = ... (new memory, or a new view of the same memory), and
+        # a DTensor given another local tensor
         return [p.data_ptr() for p in params] == self._gd_ptrs and \
-            all([p.is_contiguous() for p in params])
-
-    def _gd_grad_views(self):
-        """(status, grads) of _core.torch_grad_views for the engine's params;
-        rebuilds the engine once if a param moved."""
-        for attempt in range(2):
-            if not self._gd_plain:          # DTensors, subclasses: checked one by one
-                return 2, None
-            status, grads = _core.torch_grad_views(
-                self._gd_params, self._gd_ptrs, self._gd_views, torch.Tensor, torch.strided,
-                torch.float32, torch.float64)
-            if status != 1:
-                return status, grads
-            self._gd_build()                # p.data = ...: follow the new memory
-            if self._gd_engine is None:
-                break
-        return 2, None
+            all([p.is_contiguous() for p in params]) and self._gd_watch.check()
 
     def _gd_step_locked(self, multiplier, retry=True):
         if not self._gd_current():
             self._gd_build()
         dynamic_fallback = []
-        status, grads = (2, None) if self._gd_engine is None else self._gd_grad_views()
         engine = self._gd_engine
         if engine is not None:
             for engine_group, group in self._gd_pairs:
                 for key in engine_group:
                     if key != "params":
                         engine_group[key] = group[key]
-            if status == 0:         # the common case: every param has a dense CPU grad
-                stepped = self._gd_all
-            else:
-                grads, stepped = self._gd_collect(dynamic_fallback)
-            grads = engine._convert(grads)
-            counters = self._gd_counters if stepped is self._gd_last_stepped or \
-                stepped == self._gd_last_stepped else None
-            try:
-                if counters is not None and _core.run_plan(engine, grads, counters,
-                                                           multiplier):
-                    self._gd_snapshot.advance()     # the plan advanced torch's steps
-                else:
-                    # The general path: the engine's step and torch's new state
-                    # and step counters, with Ctrl-C held back until both are done.
-                    caught = _hold_interrupts()
-                    try:
-                        # dtype/shape: the engine checks
-                        engine._general_step(grads, multiplier)
-                        self._gd_publish(stepped)
-                    finally:
-                        _release_interrupts(caught)
-                    engine._build_plan()
-            except (TypeError, ValueError):
-                # Refused before anything changed.  A param whose data was
-                # replaced by another view of the same memory (p.data =
-                # p.data.view(...)) shows only here: rebuild and try once more.
-                if not retry:
-                    raise
+            status = 0
+            if self._gd_plain and self._gd_last_stepped is self._gd_all:
+                # the steady state: grads read in C, no Python loop over params
+                status = _core.run_plan_torch(engine, self._gd_params, self._gd_snapshot,
+                                              self._gd_watch, multiplier)
+            if status == 2 or (status == 0 and self._gd_plain and self._gd_watch is not None
+                               and not self._gd_watch.check()):
+                # a param was given other memory (p.data = ..., p.set_()):
+                # rebuild the engine from torch's tensors
                 self._gd_engine = None
+                if not retry:
+                    raise RuntimeError(f"gdcore.torch.{type(self).__name__}: a param's memory "
+                                       "changed during the step (code the step ran, such as a "
+                                       "hyperparameter's __float__, replaced p.data)")
                 return self._gd_step_locked(multiplier, False)
+            if status != 1:
+                grads, stepped = self._gd_collect(dynamic_fallback)
+                grads = engine._convert(grads)
+                counters = self._gd_counters if stepped == self._gd_last_stepped else None
+                try:
+                    if counters is not None and _core.run_plan(engine, grads, counters,
+                                                               multiplier):
+                        self._gd_snapshot.advance()     # the plan advanced torch's steps
+                    else:
+                        # The general path: the engine's step and torch's new
+                        # state and step counters, with Ctrl-C held back until
+                        # both are done.
+                        caught = _hold_interrupts()
+                        try:
+                            # dtype/shape: the engine checks
+                            engine._general_step(grads, multiplier)
+                            self._gd_publish(stepped)
+                        finally:
+                            _release_interrupts(caught)
+                        engine._build_plan()
+                except (TypeError, ValueError):
+                    # Refused before anything changed.  A param whose data was
+                    # replaced by another view of the same memory (p.data =
+                    # p.data.view(...)) shows only here: rebuild and try once more.
+                    if not retry:
+                        raise
+                    self._gd_engine = None
+                    return self._gd_step_locked(multiplier, False)
         self._gd_run_fallback(dynamic_fallback, multiplier)
         if self._gd_snapshot is None and self._gd_engine is not None:
             self._gd_snapshot = _core.StateSnapshot.capture(self.state, self._gd_counters)
@@ -486,6 +515,8 @@ class _GdcoreBackend:
                                                         dtype=_get_scalar_dtype())
                 counters.append(step.numpy())
         _core.increment_counters(counters)
+        if stepped == self._gd_all:
+            stepped = self._gd_all
         self._gd_last_stepped, self._gd_counters = stepped, counters
         self._gd_snapshot = None                    # captured after the step
 
