@@ -49,6 +49,7 @@ cdef enum:
     _MAX_OPTIONS = 16       # doubles in the largest options struct
     _SPANS_PER_BUFFER = 6   # param, states, scalars
     _ARRAYS_PER_BUFFER = 5  # states, scalars
+    _MAX_DIMS = 8           # param shapes a plan keeps in C (longer: run_torch declines)
 
 
 # ------------------------------------------------------------ threads, info
@@ -986,6 +987,10 @@ cdef inline double _counter_value(cnp.ndarray a):
 # ------------------------------------- gdcore.torch's tensors, read in C
 
 from cpython.exc cimport PyErr_Clear
+
+cdef extern from "Python.h":
+    int PyGC_Disable()
+    int PyGC_Enable()
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -1212,6 +1217,27 @@ cdef class TorchWatch:
         return True
 
 
+cdef void _store_shape(cnp.ndarray a, int *ndim, int64_t *dims) noexcept:
+    """*ndim, dims[:ndim] = a's shape; *ndim = -1 past _MAX_DIMS dims."""
+    cdef int j, nd = cnp.PyArray_NDIM(a)
+    if nd > _MAX_DIMS:
+        ndim[0] = -1
+        return
+    ndim[0] = nd
+    for j in range(nd):
+        dims[j] = cnp.PyArray_DIMS(a)[j]
+
+
+cdef inline bint _dl_shape_is(const gd_dl_tensor *d, int ndim, const int64_t *dims) noexcept:
+    """Whether described tensor *d has shape dims[:ndim] (ndim -1: never)."""
+    if d.ndim != ndim:
+        return False
+    for j in range(ndim):
+        if d.shape[j] != dims[j]:
+            return False
+    return True
+
+
 cdef inline bint _as_planned(cnp.ndarray a, cnp.ndarray param, int typenum, void *data,
                              bint scalar):
     """Whether array `a` (a param, a state buffer shaped like `param`, or a
@@ -1259,6 +1285,8 @@ cdef class Plan:
     cdef _Span *spans               # every written buffer, sorted
     cdef list params, states, arrays, entries, ids
     cdef int *typenums              # [count]: each param's dtype, as planned
+    cdef int64_t *shapes            # [count * _MAX_DIMS]: each param's shape (run_torch)
+    cdef int *ndims                 # [count]: each param's number of dims, or -1 (> _MAX_DIMS)
     cdef void **array_ptrs          # [_ARRAYS_PER_BUFFER * count]: data of arrays[k]
 
     def __dealloc__(self):
@@ -1273,6 +1301,8 @@ cdef class Plan:
         free(self.scalar_ptrs)
         free(self.spans)
         free(self.typenums)
+        free(self.shapes)
+        free(self.ndims)
         free(self.array_ptrs)
 
     @staticmethod
@@ -1302,11 +1332,14 @@ cdef class Plan:
         plan.sizes = <int64_t *>malloc((total + 1) * sizeof(int64_t))
         plan.scalar_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
         plan.typenums = <int *>malloc((total + 1) * sizeof(int))
+        plan.shapes = <int64_t *>malloc((total * _MAX_DIMS + 1) * sizeof(int64_t))
+        plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
         if (plan.group_start == NULL or plan.group_n32 == NULL or plan.options == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
                 plan.spans == NULL or plan.sizes == NULL or plan.identity == NULL or
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
+                plan.shapes == NULL or plan.ndims == NULL or
                 plan.array_ptrs == NULL):
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
@@ -1353,6 +1386,8 @@ cdef class Plan:
                     arrays = tuple(states[i][name] for name in in_use)
                     plan.arrays.append(arrays)
                     plan.typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>params[i])
+                    _store_shape(<cnp.ndarray>params[i], &plan.ndims[k],
+                                 &plan.shapes[k * _MAX_DIMS])
                     for s in range(len(arrays)):
                         plan.array_ptrs[_ARRAYS_PER_BUFFER * k + s] = \
                             cnp.PyArray_DATA(<cnp.ndarray>arrays[s])
@@ -1401,57 +1436,93 @@ cdef class Plan:
         return True
 
     def run_torch(self, list tensors, StateSnapshot snapshot not None, list param_groups,
-                  dict state_by_id, TorchWatch watch not None, double grad_multiplier=1.0):
+                  dict state_by_id, double grad_multiplier=1.0):
         """gdcore.torch's steady state: `run` with the grads of torch params
         `tensors` (exact torch.Tensor/Parameter objects, in the grads'
-        positions), read in C through DLPack (see csrc/gd_dlpack.h) instead
-        of NumPy views.  `watch`: the same params paired with the engine's
-        arrays; `snapshot`: torch's state as captured, whose `step` counters
-        (one per param) are advanced with the step.  Returns 1 when the
-        step ran; 0, having
-        changed nothing, for the general path (a missing grad, a grad that
-        is not a plain dense CPU tensor of its param's dtype and shape, or
-        anything `run` would refuse); 2, having changed nothing, when a
-        param no longer has the memory the engine holds (``p.data =``,
-        ``p.set_()``: the engine is rebuilt)."""
-        cdef Py_ssize_t i, k, n = self.count
-        cdef gd_dl_tensor d
-        cdef int64_t numel
-        cdef uintptr_t lo, hi
-        cdef cnp.ndarray p
-        if _dl_read == NULL or not watch.in_c or len(tensors) != n:
+        positions), read in C (see _read_torch) instead of as NumPy views.
+        `snapshot`: torch's state as captured, whose `step` counters (one
+        per param) are advanced with the step.  Returns 1 when the step ran;
+        0, having changed nothing, for the general path (a missing grad, a
+        grad that is not a plain dense CPU tensor of its param's dtype and
+        shape, or anything `run` would refuse); 2, having changed nothing,
+        when a param no longer has the memory the engine holds or has the
+        negative bit (``p.data =``, ``p.set_()``: the engine is rebuilt)."""
+        cdef Py_ssize_t n = self.count
+        cdef int status
+        if _dl_read == NULL or len(tensors) != n:
             return 0
         # Everything that may run Python code (hyperparameters' __float__, a
         # torch function mode's handlers) comes first ...
         if not self._settled(None, param_groups, state_by_id, False) or _dl_mode_enabled():
             return 0
-        cdef list grads = [None] * n
+        cdef list grads = [None] * n            # each grad referenced until the kernel is done
+        # ... then the reads and checks, with no Python code: with no mode
+        # active, .grad and is_neg() run none, and with the collector off
+        # no finalizer can run either (a grad's first Python object is
+        # allocated here).
+        cdef int collecting = PyGC_Disable()
+        try:
+            status = self._read_torch(tensors, grads)
+        finally:
+            if collecting:
+                PyGC_Enable()
+        if status != 1:
+            return status
+        snapshot.step_counters()            # torch's `step` tensors
+        self._launch(None, grad_multiplier)
+        return 1
+
+    cdef int _read_torch(self, list tensors, list grads) except -1:
+        """For each buffer k: its param p = tensors[position[k]] must be of
+        an exact type torch describes in C, without the negative bit, with
+        the memory, dtype and shape of the engine's array, contiguous (else
+        2); its grad (read through .grad's C getter into grads) a
+        torch.Tensor without the negative bit, on the CPU, of p's dtype and
+        shape, contiguous, aligned, and not overlapping what the step writes
+        (else 0).  Points buffers[k] at the grad and returns 1.  One short
+        loop per check: the loads of consecutive tensors' metadata (cache
+        misses, after the last kernel streamed the data) then overlap,
+        which measured 10-20% faster than one loop doing all per tensor."""
+        cdef Py_ssize_t k, i, n = self.count
+        cdef gd_dl_tensor d
+        cdef int64_t numel, itemsize
+        cdef uintptr_t lo, hi
         for i in range(n):
-            g = _grad_of(tensors[i])
-            if type(g) is not _dl_grad_type or _negative(g):
+            if type(tensors[i]) not in _dl_types:
                 return 0
-            grads[i] = g                    # referenced until the kernel is done
-        if watch.any_negative():
-            return 2
-        # ... then the checks and the kernel, with no Python code in between.
-        if not watch.same():
-            return 2
+        for i in range(n):
+            if _negative(tensors[i]):
+                return 2
         for k in range(n):
-            p = <cnp.ndarray>self.params[k]
-            if not _dl_describe(grads[self.position[k]], &d) or \
-                    not _dl_dense(&d, cnp.PyArray_TYPE(p), &numel) or \
-                    not _dl_same_shape(&d, p):
+            if not _dl_describe(tensors[self.position[k]], &d) or \
+                    not _dl_dense(&d, self.typenums[k], &numel) or \
+                    not _dl_shape_is(&d, self.ndims[k], &self.shapes[k * _MAX_DIMS]) or \
+                    (numel != 0 and
+                     <char *>d.data + d.byte_offset != <char *>self.buffers[k].param):
+                return 2
+        for i in range(n):
+            grads[i] = _grad_of(tensors[i])
+        for i in range(n):
+            if type(grads[i]) is not _dl_grad_type:
                 return 0
+        for i in range(n):
+            if _negative(grads[i]):
+                return 0
+        for k in range(n):
+            if not _dl_describe(grads[self.position[k]], &d) or \
+                    not _dl_dense(&d, self.typenums[k], &numel) or \
+                    not _dl_shape_is(&d, self.ndims[k], &self.shapes[k * _MAX_DIMS]):
+                return 0
+            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else 8
             lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
-            hi = lo + <uintptr_t>cnp.PyArray_NBYTES(p)
-            if lo % <uintptr_t>cnp.PyArray_ITEMSIZE(p) != 0 or \
+            hi = lo + <uintptr_t>(numel * itemsize)
+            if lo % <uintptr_t>itemsize != 0 or \
                     (hi > lo and _overlaps_written(self.spans, self.nspans, lo, hi)):
                 return 0                    # the general path copies or refuses it
             self.buffers[k].grad = <const void *>lo
             self.buffers[k].n = self.sizes[k]
+        for k in range(n):
             self.buffers[k].step = self._next_step(k)
-        snapshot.step_counters()            # torch's `step` tensors
-        self._launch(None, grad_multiplier)
         return 1
 
     cdef int64_t _next_step(self, Py_ssize_t k) except -1:
@@ -1777,7 +1848,7 @@ cdef bint _plan_step(object optimizer, list grads, list counters,
 
 
 def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not None,
-                   TorchWatch watch not None, double grad_multiplier=1.0):
+                   double grad_multiplier=1.0):
     """gdcore.torch's step on `optimizer`'s (its engine's) cached plan, with
     the grads of torch params `tensors` read in C: Plan.run_torch's 1 (ran),
     0 (take the general path) or 2 (rebuild the engine)."""
@@ -1786,7 +1857,7 @@ def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not No
     groups = optimizer.param_groups
     if plan_obj is None or type(state) is not PARAM_STATE_TYPE or type(groups) is not list:
         return 0
-    status = (<Plan>plan_obj).run_torch(tensors, snapshot, groups, state._by_id, watch,
+    status = (<Plan>plan_obj).run_torch(tensors, snapshot, groups, state._by_id,
                                         grad_multiplier)
     if status == 1:
         optimizer.last_step_created_state = False

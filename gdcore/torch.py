@@ -393,7 +393,7 @@ class _GdcoreBackend:
             if self._gd_plain and self._gd_last_stepped is self._gd_all:
                 # the steady state: grads read in C, no Python loop over params
                 status = _core.run_plan_torch(engine, self._gd_params, self._gd_snapshot,
-                                              self._gd_watch, multiplier)
+                                              multiplier)
             if status == 2 or (status == 0 and self._gd_plain and self._gd_watch is not None
                                and not self._gd_watch.check()):
                 # a param was given other memory (p.data = ..., p.set_()):
