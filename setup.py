@@ -76,8 +76,8 @@ extensions = [
         "gdcore._core",
         sources=["gdcore/_core.pyx", "csrc/gd_kernels.c", "csrc/gd_runtime.c",
                  "csrc/gd_stream.c", "csrc/gd_norm.c"],
-        include_dirs=["csrc", numpy.get_include()],
-        depends=["csrc/gdcore.h", "csrc/gd_dlpack.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
+        include_dirs=["csrc", "gdcore/include", numpy.get_include()],
+        depends=["csrc/gdcore.h", "gdcore/include/gdcore_capi.h", "csrc/gd_dlpack.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
                  "csrc/gd_avx512.h", "csrc/gd_family.h", "csrc/gd_family.inc",
                  "gdcore/_csrc.pxd", "gdcore/family.py"]
                 + sorted(os.path.join("csrc", "optimizers", f)

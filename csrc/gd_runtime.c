@@ -532,10 +532,23 @@ static int gd_isa_supported(void)
 {
 #if GD_HAVE_X86_DISPATCH
     __builtin_cpu_init();
+#if defined(__clang__)
+    /* Clang 14 knows no level names here: the levels' vector features (the
+     * runtime also checks that the OS saves the AVX/AVX-512 state). */
+    int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+    if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512cd"))
+        return GD_ISA_X86_64_V4;
+    if (v3)
+        return GD_ISA_X86_64_V3;
+#else
     if (__builtin_cpu_supports("x86-64-v4"))
         return GD_ISA_X86_64_V4;
     if (__builtin_cpu_supports("x86-64-v3"))
         return GD_ISA_X86_64_V3;
+#endif
 #endif
     return GD_ISA_BASELINE;
 }

@@ -24,20 +24,9 @@
 extern "C" {
 #endif
 
-typedef enum gd_dtype { GD_FLOAT32 = 0, GD_FLOAT64 = 1 } gd_dtype;
-
-typedef struct gd_buffer {
-    void *param;          /* IN/OUT: n elements                               */
-    const void *grad;     /* IN:     n elements                               */
-    void *state[3];       /* IN/OUT: optimizer-specific, NULL when unused     */
-    int64_t n;            /* number of elements                               */
-    int64_t step;         /* 1-based number of this step (after increment)    */
-    double scalar[2];     /* IN/OUT: per-param scalar state (NAdam mu_product;
-                           * ASGD eta, mu): read before the update, replaced
-                           * by the new values after it                       */
-    int scalar_float64;   /* scalar state is float64 (else it is kept rounded
-                           * to float32, torch's default scalar dtype)        */
-} gd_buffer;
+/* gd_dtype and gd_buffer, shared with the embedding interface (the table
+ * of function pointers extensions call): gdcore/include/gdcore_capi.h. */
+#include "gdcore_capi.h"
 
 /* The options structs (gd_<kernel>_options: every field a double, in the
  * order gdcore/family.py declares them) and GD_FAMILY(X), the list of

@@ -16,8 +16,34 @@ from gdcore.optim import (SGD, ASGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAd
                           Optimizer, RAdam, RMSprop, Rprop)
 
 __all__ = [_decl.name for _decl in _FAMILY] + [
-    "Optimizer", "functional", "set_num_threads", "get_num_threads", "build_info"]
+    "Optimizer", "functional", "set_num_threads", "get_num_threads", "build_info",
+    "get_include", "capi_options"]
 __version__ = "0.1.0"
+
+
+def get_include():
+    """The directory of gdcore_capi.h, the C API of gdcore's kernels for
+    C and Cython extensions (see gdcore/capi.pxd and README, "Embedding")."""
+    return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "include")
+
+
+def capi_options(name, **hyperparameters):
+    """What a C API call of optimizer `name` ("Adam", "SGD", ...) needs for
+    these hyperparameters (torch's defaults for the others, checked as torch
+    checks them): (kernel, options, slots) -- the kernel index, the options
+    as a float64 array in the kernel's order, and the names of the state
+    buffers the step uses, in gd_buffer.state order.  The C side also needs
+    the 1-based step number in gd_buffer.step."""
+    from gdcore._core import SPECS
+    spec = SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown optimizer {name!r}; one of {sorted(SPECS)}")
+    unknown = sorted(set(hyperparameters) - set(spec.defaults))
+    if unknown:
+        raise TypeError(f"{name} has no hyperparameter {unknown[0]!r}; it has "
+                        f"{sorted(spec.defaults)}")
+    options, slots = spec.kernel_options({**spec.defaults, **hyperparameters})
+    return spec.kernel, options, slots
 
 
 def _threads_from_environment():

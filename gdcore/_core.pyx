@@ -155,6 +155,20 @@ cdef class Spec:
         _fill_options(self, values, out, used)
         return self.slots_used(used)
 
+    def kernel_options(self, values):
+        """(options, slots) for a direct kernel call (the C API): the
+        hyperparameters `values` (a mapping with every key), checked as
+        torch checks them, as a float64 ndarray in the kernel's order, and
+        the names of the state buffers they use, in slot order."""
+        cdef double out[_MAX_OPTIONS]
+        cdef bint used[_MAX_SLOTS]
+        _fill_options(self, values, out, used)
+        cdef int count = gd_kernel_options(self.kernel)
+        options = np.empty(count, np.float64)
+        for j in range(count):
+            options[j] = out[j]
+        return options, self.slots_used(used)
+
     cdef tuple slots_used(self, const bint *used):
         return tuple([self.slot_names[s] for s in range(self.nslots) if used[s]])
 
@@ -1864,3 +1878,82 @@ def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not No
     return status
 
 
+# ------------------------------------------------------------- the C API
+
+from libc.string cimport strcmp
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport uint32_t as _u32
+
+cdef extern from "gdcore_capi.h":
+    int GDCORE_CAPI_MAJOR, GDCORE_CAPI_MINOR
+    ctypedef struct gdcore_capi:
+        _u32 major
+        _u32 minor
+        _u32 size
+        int (*step)(int, gd_dtype, const double *, gd_buffer *, int64_t) noexcept nogil
+        int (*step_scaled)(int, gd_dtype, const double *, gd_buffer *, int64_t,
+                           double) noexcept nogil
+        int (*kernel_count)() noexcept nogil
+        const char *(*kernel_name)(int) noexcept nogil
+        int (*kernel_options)(int) noexcept nogil
+        int (*kernel_index)(const char *) noexcept nogil
+        void (*set_num_threads)(int) noexcept nogil
+        int (*get_num_threads)() noexcept nogil
+
+
+cdef int _capi_step_scaled(int kernel, gd_dtype dtype, const double *options,
+                           gd_buffer *buffers, int64_t count,
+                           double grad_multiplier) noexcept nogil:
+    if (dtype != GD_FLOAT32 and dtype != GD_FLOAT64) or count < 0:
+        return -1
+    return gd_step_scaled(kernel, dtype, options, buffers, count, grad_multiplier)
+
+
+cdef int _capi_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
+                    int64_t count) noexcept nogil:
+    return _capi_step_scaled(kernel, dtype, options, buffers, count, 1.0)
+
+
+cdef int _capi_kernel_count() noexcept nogil:
+    return GD_KERNEL_COUNT
+
+
+cdef const char *_capi_kernel_name(int kernel) noexcept nogil:
+    return gd_kernel_name(kernel)
+
+
+cdef int _capi_kernel_options(int kernel) noexcept nogil:
+    return gd_kernel_options(kernel)
+
+
+cdef int _capi_kernel_index(const char *name) noexcept nogil:
+    cdef int k
+    if name == NULL:
+        return -1
+    for k in range(GD_KERNEL_COUNT):
+        if strcmp(gd_kernel_name(k), name) == 0:
+            return k
+    return -1
+
+
+cdef void _capi_set_num_threads(int n) noexcept nogil:
+    gd_set_num_threads(n if n >= 1 else 1)
+
+
+cdef int _capi_get_num_threads() noexcept nogil:
+    return gd_get_num_threads()
+
+
+cdef gdcore_capi _capi
+_capi.major, _capi.minor, _capi.size = GDCORE_CAPI_MAJOR, GDCORE_CAPI_MINOR, sizeof(gdcore_capi)
+_capi.step = _capi_step
+_capi.step_scaled = _capi_step_scaled
+_capi.kernel_count = _capi_kernel_count
+_capi.kernel_name = _capi_kernel_name
+_capi.kernel_options = _capi_kernel_options
+_capi.kernel_index = _capi_kernel_index
+_capi.set_num_threads = _capi_set_num_threads
+_capi.get_num_threads = _capi_get_num_threads
+
+# gdcore_import_capi() (gdcore/include/gdcore_capi.h) imports this.
+_C_API = PyCapsule_New(<void *>&_capi, "gdcore._core._C_API", NULL)

@@ -15,6 +15,7 @@ import gdcore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
+CAPI = os.path.join(ROOT, "gdcore", "include")
 HARNESS = os.path.join(ROOT, "tests", "c", "pool_stress.c")
 
 pytestmark = pytest.mark.skipif(not gdcore.build_info()["threads"],
@@ -33,7 +34,7 @@ def build(tmp_path, name, flags):
     if not os.path.exists(os.path.join(CSRC, "gd_family.h")):
         pytest.skip("csrc/gd_family.h not generated (build gdcore from this checkout first)")
     exe = str(tmp_path / name)
-    cmd = [cc, "-std=c11", "-g", "-pthread", "-I", CSRC, HARNESS,
+    cmd = [cc, "-std=c11", "-g", "-pthread", "-I", CSRC, "-I", CAPI, HARNESS,
            os.path.join(CSRC, "gd_runtime.c"), "-o", exe, "-lm"] + flags
     out = subprocess.run(cmd, capture_output=True, text=True)
     return exe, out
