@@ -32,6 +32,7 @@ from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy
 
 from gdcore._csrc cimport *
+from gdcore.capi cimport gd_buffer, gd_dtype, GD_FLOAT32, GD_FLOAT64
 from gdcore import family as _family
 
 cnp.import_array()
@@ -1508,9 +1509,7 @@ cdef class Plan:
             if _negative(tensors[i]):
                 return 2
         for k in range(n):
-            if not _dl_describe(tensors[self.position[k]], &d) or \
-                    not _dl_dense(&d, self.typenums[k], &numel) or \
-                    not _dl_shape_is(&d, self.ndims[k], &self.shapes[k * _MAX_DIMS]) or \
+            if not self._described_as_param(tensors[self.position[k]], k, &d, &numel) or \
                     (numel != 0 and
                      <char *>d.data + d.byte_offset != <char *>self.buffers[k].param):
                 return 2
@@ -1523,9 +1522,7 @@ cdef class Plan:
             if _negative(grads[i]):
                 return 0
         for k in range(n):
-            if not _dl_describe(grads[self.position[k]], &d) or \
-                    not _dl_dense(&d, self.typenums[k], &numel) or \
-                    not _dl_shape_is(&d, self.ndims[k], &self.shapes[k * _MAX_DIMS]):
+            if not self._described_as_param(grads[self.position[k]], k, &d, &numel):
                 return 0
             itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else 8
             lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
@@ -1538,6 +1535,14 @@ cdef class Plan:
         for k in range(n):
             self.buffers[k].step = self._next_step(k)
         return 1
+
+    cdef inline bint _described_as_param(self, object t, Py_ssize_t k, gd_dl_tensor *d,
+                                         int64_t *numel) noexcept:
+        """Whether torch tensor t (of a type in _dl_types) is on the CPU,
+        contiguous, of buffer k's param's dtype and shape (*d, *numel: its
+        description and size)."""
+        return _dl_describe(t, d) and _dl_dense(d, self.typenums[k], numel) and \
+            _dl_shape_is(d, self.ndims[k], &self.shapes[k * _MAX_DIMS])
 
     cdef int64_t _next_step(self, Py_ssize_t k) except -1:
         """The step number buffer k takes (its state's `step` + 1)."""
@@ -1882,23 +1887,8 @@ def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not No
 
 from libc.string cimport strcmp
 from cpython.pycapsule cimport PyCapsule_New
-from libc.stdint cimport uint32_t as _u32
 
-cdef extern from "gdcore_capi.h":
-    int GDCORE_CAPI_MAJOR, GDCORE_CAPI_MINOR
-    ctypedef struct gdcore_capi:
-        _u32 major
-        _u32 minor
-        _u32 size
-        int (*step)(int, gd_dtype, const double *, gd_buffer *, int64_t) noexcept nogil
-        int (*step_scaled)(int, gd_dtype, const double *, gd_buffer *, int64_t,
-                           double) noexcept nogil
-        int (*kernel_count)() noexcept nogil
-        const char *(*kernel_name)(int) noexcept nogil
-        int (*kernel_options)(int) noexcept nogil
-        int (*kernel_index)(const char *) noexcept nogil
-        void (*set_num_threads)(int) noexcept nogil
-        int (*get_num_threads)() noexcept nogil
+from gdcore.capi cimport gdcore_capi, GDCORE_CAPI_MAJOR, GDCORE_CAPI_MINOR
 
 
 cdef int _capi_step_scaled(int kernel, gd_dtype dtype, const double *options,

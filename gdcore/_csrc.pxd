@@ -1,22 +1,12 @@
-# Mirrors csrc/gdcore.h: the C interface of gdcore's kernels.  The options
+# Mirrors csrc/gdcore.h: the C interface of gdcore's kernels (gd_dtype and
+# gd_buffer come from gdcore/capi.pxd, the embedding interface).  The options
 # structs are generated from gdcore/family.py and reach C as double arrays
 # (gd_step), so they need no mirror here.
 from libc.stdint cimport int64_t
 
+from gdcore.capi cimport gd_buffer, gd_dtype, GD_FLOAT32, GD_FLOAT64
+
 cdef extern from "gdcore.h" nogil:
-    ctypedef enum gd_dtype:
-        GD_FLOAT32
-        GD_FLOAT64
-
-    ctypedef struct gd_buffer:
-        void *param
-        const void *grad
-        void *state[3]
-        int64_t n
-        int64_t step
-        double scalar[2]
-        int scalar_float64
-
     int GD_KERNEL_COUNT
     int GD_MAX_OPTIONS
 
