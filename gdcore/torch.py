@@ -78,11 +78,16 @@ _DTYPES = (torch.float32, torch.float64)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 # Whether steps read grads and check params in C (torch >= 2.10's DLPack
 # exchange table; see csrc/gd_dlpack.h), else through NumPy views.
+def _shared_descriptor(name):
+    """The descriptor attribute `name` of every type in _PLAIN resolves to,
+    or None if they differ."""
+    found = [inspect.getattr_static(t, name) for t in _PLAIN]
+    return found[0] if all(d is found[0] for d in found) else None
+
+
 _C_READS = _core.torch_exchange_init(
     _PLAIN, torch.Tensor, torch.strided, torch._C._is_torch_function_mode_enabled,
-    *({inspect.getattr_static(t, name) for t in _PLAIN}.pop() if len(
-        {id(inspect.getattr_static(t, name)) for t in _PLAIN}) == 1 else None
-      for name in ("grad", "is_neg")))
+    _shared_descriptor("grad"), _shared_descriptor("is_neg"))
 
 
 def _is_dtensor(t):
@@ -285,7 +290,6 @@ class _GdcoreBackend:
         # the params' memory, checked every step (p.data = ..., p.set_(...))
         self._gd_watch = _core.TorchWatch([_local(p) for p in self._gd_params], self._gd_views)
         self._gd_all = list(range(len(self._gd_params)))
-        self._gd_distributed = any(_is_dtensor(p) for p in self._gd_params)
         # Plain tensors only: then the fast grad read runs no user code (no
         # subclass property or method) between its checks and the kernel.
         self._gd_plain = all(type(p) in _PLAIN for p in self._gd_params)
