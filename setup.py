@@ -28,7 +28,8 @@ from setuptools.command.build_ext import build_ext
 class BuildExt(build_ext):
     def build_extensions(self):
         unix = self.compiler.compiler_type == "unix"
-        base = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] if unix else ["/O2", "/fp:precise"]
+        base = (["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c11"] if unix
+                else ["/O2", "/fp:precise", "/std:c11"])
         if os.environ.get("GDCORE_DEBUG") == "1" and unix:
             base = ["-O0", "-g", "-fno-math-errno", "-ffp-contract=off", "-std=c11"]
         sanitize = []

@@ -553,7 +553,12 @@ static int gd_isa_supported(void)
     return GD_ISA_BASELINE;
 }
 
-__attribute__((constructor)) static void gd_isa_init(void)
+/* Run when the library loads where the compiler can say so (elsewhere on
+ * first use, through gd_isa_level). */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((constructor))
+#endif
+static void gd_isa_init(void)
 {
     int level = gd_isa_supported();
     const char *want = getenv("GDCORE_ISA");
