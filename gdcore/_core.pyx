@@ -1302,6 +1302,7 @@ cdef class Plan:
     cdef int *typenums              # [count]: each param's dtype, as planned
     cdef int64_t *shapes            # [count * _MAX_DIMS]: each param's shape (run_torch)
     cdef int *ndims                 # [count]: each param's number of dims, or -1 (> _MAX_DIMS)
+    cdef bint long_shape            # some param has more than _MAX_DIMS dims (run_torch: 0)
     cdef void **array_ptrs          # [_ARRAYS_PER_BUFFER * count]: data of arrays[k]
 
     def __dealloc__(self):
@@ -1403,6 +1404,7 @@ cdef class Plan:
                     plan.typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>params[i])
                     _store_shape(<cnp.ndarray>params[i], &plan.ndims[k],
                                  &plan.shapes[k * _MAX_DIMS])
+                    plan.long_shape = plan.long_shape or plan.ndims[k] < 0
                     for s in range(len(arrays)):
                         plan.array_ptrs[_ARRAYS_PER_BUFFER * k + s] = \
                             cnp.PyArray_DATA(<cnp.ndarray>arrays[s])
@@ -1502,6 +1504,8 @@ cdef class Plan:
         cdef gd_dl_tensor d
         cdef int64_t numel, itemsize
         cdef uintptr_t lo, hi
+        if self.long_shape:
+            return 0                        # shapes kept only up to _MAX_DIMS dims
         for i in range(n):
             if type(tensors[i]) not in _dl_types:
                 return 0

@@ -257,6 +257,24 @@ def test_empty_params_step_on_the_c_path(fast_path_calls):
     assert opt.state[ps[0]]["step"].item() == 4
 
 
+def test_param_with_more_dims_than_the_plan_keeps_steps_as_torch(fast_path_calls):
+    """A 9-d param (the plan keeps shapes up to 8 dims): every step takes the
+    general path, and never asks for a rebuild (which would rebuild the
+    engine every step)."""
+    shape = (2, 1, 3, 1, 2, 1, 1, 2, 2)
+    ours = [torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(0)))]
+    ref = [torch.nn.Parameter(ours[0].detach().clone())]
+    our_opt, ref_opt = gt.Adam(ours, lr=1e-2), torch.optim.Adam(ref, lr=1e-2)
+    for t in range(5):
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(t + 1))
+        ours[0].grad, ref[0].grad = g.clone(), g.clone()
+        our_opt.step()
+        ref_opt.step()
+    assert_params_match(ours, ref, "9-d Adam")
+    assert 2 not in fast_path_calls[1:], fast_path_calls
+    assert fast_path_calls.count(0) >= 3, fast_path_calls
+
+
 class SwappingFloat(float):
     """A learning rate whose __float__ replaces a param's memory (user code
     run by the step itself, after the param was checked)."""
