@@ -22,6 +22,7 @@ import numpy as np
 
 import gdcore
 from bench import impls
+from bench import half as bench_half
 from bench import threads as bench_threads
 from bench.cases import (MANY_TENSOR_CASES, OPTIMIZERS, SIZE_HUGE, SIZES_FULL, SIZES_QUICK,
                          TRAFFIC, UNFUSED)
@@ -376,7 +377,8 @@ def main(argv=None):
         plan += [("Adam", np.float32, SIZE_HUGE, t) for t in thread_counts]
     plan_many = [(case, t) for case in many for t in thread_counts]
     paired_threads = all_cores > 1 and not args.smoke
-    total = len(plan) + len(plan_many) + 1 + 3 * paired_threads + (not args.smoke)
+    half_ok = bench_half.ml_dtypes is not None
+    total = len(plan) + len(plan_many) + 1 + 3 * paired_threads + (not args.smoke) + half_ok
     machine = machine_description()
     print(f"gdcore benchmark ({'smoke' if args.smoke else 'full' if args.full else 'quick'}"
           f" mode): {machine['cpu']}, {machine['cores']} cores, kernels run as "
@@ -448,9 +450,20 @@ def main(argv=None):
     done += 1
     progress(f"Adam 1 element: gdcore {overhead['seconds']['gdcore'] * 1e6:.2f} us/call")
 
+    # 16-bit params (bench/half.py): bfloat16 Adam in every storage mode.
+    half = []
+    if half_ok:
+        half = bench_half.run(sizes=(4096,) if args.smoke else (1 << 20, 1 << 24),
+                              rounds=rounds, batch=batch)
+        done += 1
+        progress("bfloat16 Adam: " + ", ".join(
+            f"{r['elements']:,} nearest {r['seconds']['gdcore nearest'] / r['elements'] * 1e9:.3f}"
+            " ns/element" for r in half))
+
     single = [r for r in records if "case" not in r]
     multi = [r for r in records if "case" in r]
     checks = targets(records, overhead, all_cores, small_threads, scaling, busy, idle)
+    checks += bench_half.targets(half)
     if clip:
         folded, torch_way = ("opt.clip_grad_norm_ (folded) + step",
                              "torch: clip_grad_norm_ + fused step")
@@ -480,6 +493,8 @@ def main(argv=None):
                   "| variant | ms per clip + step |", "|---|---|"]
         for label, sec in clip["medians"].items():
             lines.append(f"| {label} | {sec * 1e3:.3f} |")
+    if half:
+        lines += ["", bench_half.table(half)]
     if busy:
         lines += ["", bench_threads.table(busy, "Threads with one core kept busy by another "
                                           "process (Adam, float32, 1,048,576; per step, "
@@ -500,7 +515,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"machine": machine, "mode": "smoke" if args.smoke else
                    "full" if args.full else "quick", "records": records,
-                   "overhead": overhead,
+                   "overhead": overhead, "half": half,
                    "targets": [dict(target=a, measured=b, limit=c, result=d)
                                for a, b, c, d in checks]}, f, indent=1)
     if not args.no_plot:

@@ -24,6 +24,7 @@
 #define GD_DLPACK_MAJOR 1
 #define GD_DLPACK_CPU 1             /* kDLCPU */
 #define GD_DLPACK_FLOAT 2           /* kDLFloat */
+#define GD_DLPACK_BFLOAT 4          /* kDLBfloat */
 
 typedef struct {
     int32_t device_type;

@@ -10,6 +10,10 @@
  *     auto-vectorised by GCC for AVX2+FMA and for SSE2 respectively.
  * gd_isa_level() (gd_runtime.c) picks one per process from the CPU, or
  * lower when GDCORE_ISA asks.  Elsewhere only the baseline build exists.
+ * bfloat16 and float16 params have no kernels of their own: gd_staged.inc
+ * runs the float32 span of any optimizer over blocks widened from 16 bits
+ * and narrows the results with the call's rounding (gd_half.h), once per
+ * instruction set, so the math of an optimizer still exists once.
  * Compiled with -O3 -fno-math-errno (sqrt vectorises) and -ffp-contract=off
  * (no FMA contraction: a given element is computed by the same roundings on
  * every path of an instruction set, so results are bitwise independent of the
@@ -17,6 +21,7 @@
  * one ulp).
  */
 #include "gd_internal.h"
+#include "gd_half.h"
 
 #include <float.h>
 #include <math.h>
@@ -179,6 +184,41 @@
 #undef GD_TARGET
 #endif /* GD_HAVE_X86_DISPATCH */
 
+/* ------------------------------- 16-bit params: staged float32 blocks -- */
+/* gd_staged.inc: any optimizer's float32 span run over blocks of GD_STAGE
+ * elements widened from 16 bits (20 KiB of float32 scratch per thread: param,
+ * grad and three states, in L1), once per instruction set. */
+#define GD_STAGE 1024
+
+typedef struct gd_staged {
+    gd_span_fn inner;       /* the optimizer's float32 span, this process's ISA */
+    const void *options;
+    double multiplier;
+    gd_format format;
+} gd_staged;
+
+#define GD_TARGET
+#define GD_NAME(x) x##_base
+#include "gd_staged.inc"
+#undef GD_NAME
+#undef GD_TARGET
+#if GD_HAVE_X86_DISPATCH
+#define GD_TARGET __attribute__((target("arch=x86-64-v3")))
+#define GD_NAME(x) x##_v3
+#include "gd_staged.inc"
+#undef GD_NAME
+#undef GD_TARGET
+#define GD_TARGET __attribute__((target("arch=x86-64-v4")))
+#define GD_NAME(x) x##_v4
+#include "gd_staged.inc"
+#undef GD_NAME
+#undef GD_TARGET
+static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_v3, staged_span_v4};
+#else
+static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_base,
+                                              staged_span_base};
+#endif
+
 /* ----------------------------------------------------- entry points -- */
 #if GD_HAVE_X86_DISPATCH
 #define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_v3, opt##_span_##dt##_v4}
@@ -247,33 +287,68 @@ static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
 }
 
 #define GD_ENTRY(opt, index, nscalars)                                         \
-    static void gd_##opt##_scaled(gd_dtype dtype, const gd_##opt##_options *options, \
+    static void gd_##opt##_format(const gd_format *format,                    \
+                                  const gd_##opt##_options *options,          \
                                   gd_buffer *buffers, int64_t count,          \
                                   double multiplier)                          \
     {                                                                         \
         static const gd_span_fn spans[2][3] = {GD_SPANS(opt, f32),            \
                                                GD_SPANS(opt, f64)};           \
-        gd_run_scaled(spans[dtype != GD_FLOAT32][gd_isa_level()], dtype, options, \
-                      multiplier, buffers, count);                            \
+        const int isa = gd_isa_level();                                       \
+        if (format->param == GD_FLOAT32 || format->param == GD_FLOAT64) {     \
+            gd_run_scaled(spans[format->param != GD_FLOAT32][isa], format->param, \
+                          options, multiplier, buffers, count);               \
+        } else {                                                              \
+            gd_staged staged = {spans[0][isa], options, multiplier, *format}; \
+            gd_run(gd_staged_spans[isa], &staged, buffers, count);            \
+        }                                                                     \
         GD_ADVANCE_##nscalars(opt, options, buffers, count)                   \
     }                                                                         \
     void gd_##opt(gd_dtype dtype, const gd_##opt##_options *options,          \
                   gd_buffer *buffers, int64_t count)                          \
     {                                                                         \
-        gd_##opt##_scaled(dtype, options, buffers, count, 1.0);               \
+        gd_step_scaled(index, dtype, (const double *)options, buffers, count, 1.0); \
     }
 GD_FAMILY(GD_ENTRY)
 
+/* Whether a format is one the kernels run (gdcore_capi.h), with every
+ * buffer's compensation present for Kahan rounding. */
+static int gd_format_valid(const gd_format *f, const gd_buffer *buffers, int64_t count)
+{
+    if (f->param == GD_FLOAT32 || f->param == GD_FLOAT64)
+        return f->state == f->param && f->rounding == GD_ROUND_NEAREST;
+    if (f->param != GD_BFLOAT16 && f->param != GD_FLOAT16)
+        return 0;
+    if (f->state != f->param && f->state != GD_FLOAT32)
+        return 0;
+    if (f->rounding == GD_ROUND_KAHAN) {
+        for (int64_t j = 0; j < count; ++j)
+            if (buffers[j].n > 0 && buffers[j].compensation == NULL)
+                return 0;
+        return 1;
+    }
+    return f->rounding == GD_ROUND_NEAREST || f->rounding == GD_ROUND_STOCHASTIC;
+}
+
 #define GD_CASE(opt, index, nscalars)                                          \
     case index:                                                               \
-        gd_##opt##_scaled(dtype, (const gd_##opt##_options *)options, buffers, count, \
+        gd_##opt##_format(format, (const gd_##opt##_options *)options, buffers, count, \
                           grad_multiplier);                                   \
         return 0;
+int gd_step_format(int kernel, const gd_format *format, const double *options,
+                   gd_buffer *buffers, int64_t count, double grad_multiplier)
+{
+    if (!gd_format_valid(format, buffers, count))
+        return -1;
+    switch (kernel) { GD_FAMILY(GD_CASE) }
+    return -1;
+}
+
 int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
                    int64_t count, double grad_multiplier)
 {
-    switch (kernel) { GD_FAMILY(GD_CASE) }
-    return -1;
+    gd_format format = {dtype, dtype, GD_ROUND_NEAREST, 0};
+    return gd_step_format(kernel, &format, options, buffers, count, grad_multiplier);
 }
 
 int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,

@@ -51,10 +51,14 @@ typedef struct stream_options {
 
 GD_STREAM_SPAN(float, stream_span_f32)
 GD_STREAM_SPAN(double, stream_span_f64)
+GD_STREAM_SPAN(uint16_t, stream_span_16)
 
 void gd_stream(gd_dtype dtype, int nread, int nwrite, const gd_buffer *buffers,
                int64_t count)
 {
     stream_options o = {nread, nwrite, dtype};
-    gd_run(dtype == GD_FLOAT32 ? stream_span_f32 : stream_span_f64, &o, buffers, count);
+    gd_run(dtype == GD_FLOAT32   ? stream_span_f32
+           : dtype == GD_FLOAT64 ? stream_span_f64
+                                 : stream_span_16, /* bfloat16, float16: 2 bytes */
+           &o, buffers, count);
 }

@@ -54,6 +54,13 @@ int gd_step(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffer
  * grads, which are read, never written. */
 int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
                    int64_t count, double grad_multiplier);
+/* Any element types: float32/float64 as above, or 16-bit params (bfloat16,
+ * float16) with state in their type or in float32, computed in float32 and
+ * rounded as format->rounding says (gdcore_capi.h).  Returns -1 for an
+ * unknown kernel, an invalid format, or GD_ROUND_KAHAN with a buffer
+ * without compensation. */
+int gd_step_format(int kernel, const gd_format *format, const double *options,
+                   gd_buffer *buffers, int64_t count, double grad_multiplier);
 /* Kernel name and options count by index (NULL / -1 out of range): lets a
  * caller check that it was built against the same declarations. */
 const char *gd_kernel_name(int kernel);

@@ -27,12 +27,14 @@ import operator
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy
 
 from gdcore._csrc cimport *
-from gdcore.capi cimport gd_buffer, gd_dtype, GD_FLOAT32, GD_FLOAT64
+from gdcore.capi cimport (gd_buffer, gd_dtype, gd_format, gd_rounding, GD_FLOAT32, GD_FLOAT64,
+                          GD_BFLOAT16, GD_FLOAT16, GD_ROUND_NEAREST, GD_ROUND_STOCHASTIC,
+                          GD_ROUND_KAHAN)
 from gdcore import family as _family
 
 cnp.import_array()
@@ -42,15 +44,82 @@ cdef extern from "numpy/arrayobject.h":
     object _plain_view "PyArray_View" (cnp.ndarray array, void *dtype, void *subtype)
 
 cdef tuple _PARAM = ("param", "params")
+cdef tuple _COMPENSATION = ("compensation", "compensations")
 cdef object _MAX_STEP = 2**63 - 1
 cdef tuple _GRAD = ("grad", "grads")
 cdef enum:
     _MAX_SLOTS = 3          # state buffers per param (gd_buffer.state)
     _MAX_SCALARS = 2        # scalar state per param (gd_buffer.scalar)
     _MAX_OPTIONS = 16       # doubles in the largest options struct
-    _SPANS_PER_BUFFER = 6   # param, states, scalars
+    _SPANS_PER_BUFFER = 7   # param, states, scalars, compensation
+    _COMP_SLOT = 5          # _Span.slot of a Kahan compensation (after the scalars)
+    _NFORMATS = 6           # element formats of a call (see _FORMAT_PARAM)
     _ARRAYS_PER_BUFFER = 5  # states, scalars
     _MAX_DIMS = 8           # param shapes a plan keeps in C (longer: run_torch declines)
+
+# The element formats a batch runs, in this order (one kernel call each):
+# float32, float64, then bfloat16 and float16 params with state in their own
+# dtype or in float32.
+cdef gd_dtype _FORMAT_PARAM[6]
+cdef gd_dtype _FORMAT_STATE[6]
+_FORMAT_PARAM[:] = [GD_FLOAT32, GD_FLOAT64, GD_BFLOAT16, GD_BFLOAT16, GD_FLOAT16, GD_FLOAT16]
+_FORMAT_STATE[:] = [GD_FLOAT32, GD_FLOAT64, GD_BFLOAT16, GD_FLOAT32, GD_FLOAT16, GD_FLOAT32]
+cdef int _ELEM_BYTES[4]
+_ELEM_BYTES[:] = [4, 8, 2, 2]
+
+# NumPy's bfloat16 is ml_dtypes' (the package JAX and TensorFlow use), when
+# installed; float16 is NumPy's own.
+try:
+    import ml_dtypes as _ml_dtypes
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:                     # bfloat16 arrays cannot exist then
+    BFLOAT16 = None
+cdef int _BF16_NUM = BFLOAT16.num if BFLOAT16 is not None else -1000
+_ROUNDINGS = {"nearest": GD_ROUND_NEAREST, "stochastic": GD_ROUND_STOCHASTIC,
+              "kahan": GD_ROUND_KAHAN}
+cdef object _MAX_SEED = 2**64 - 1
+
+
+cdef inline int _elem_code(cnp.ndarray a) noexcept:
+    """The gd_dtype of a's elements (native byte order), or -1."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    if cnp.PyArray_ISBYTESWAPPED(a):
+        return -1
+    if t == cnp.NPY_FLOAT32:
+        return GD_FLOAT32
+    if t == cnp.NPY_FLOAT64:
+        return GD_FLOAT64
+    if t == cnp.NPY_FLOAT16:
+        return GD_FLOAT16
+    if t == _BF16_NUM:
+        return GD_BFLOAT16
+    return -1
+
+
+cdef inline int _format_of(int param_code, int state_code) noexcept:
+    """Index into _FORMAT_PARAM/_FORMAT_STATE."""
+    if param_code == GD_FLOAT32 or param_code == GD_FLOAT64:
+        return param_code
+    return (2 if param_code == GD_BFLOAT16 else 4) + (state_code == GD_FLOAT32)
+
+
+def rounding_code(object rounding, str label="rounding"):
+    """The gd_rounding of a rounding name (ValueError naming `label`)."""
+    if type(rounding) is not str or rounding not in _ROUNDINGS:
+        raise ValueError(f"{label} must be one of 'nearest', 'stochastic', 'kahan', "
+                         f"not {rounding!r}")
+    return _ROUNDINGS[rounding]
+
+
+def seed_value(object seed, str label="seed"):
+    """A random-stream seed: an int, 0 <= seed < 2**64."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"{label} must be an int, not {type(seed).__name__}") from None
+    if value < 0 or value > _MAX_SEED:
+        raise ValueError(f"{label} must be in [0, 2**64), got {value}")
+    return value
 
 
 # ------------------------------------------------------------ threads, info
@@ -250,14 +319,17 @@ cdef int _span_cmp(const void *a, const void *b) noexcept nogil:
 
 
 cdef class _Batch:
-    """One checked kernel call: gd_buffer array, [0, n32) float32 and
-    [n32, count) float64, the options, and a reference to every array whose
+    """One checked kernel call: gd_buffer array, buffers[fstart[f]:
+    fstart[f + 1]] of element format f (_FORMAT_PARAM/_FORMAT_STATE), the
+    options and param rounding, and a reference to every array whose
     pointer it holds."""
     cdef gd_buffer *buffers
     cdef Py_ssize_t *order          # buffers[k] is argument order[k]
     cdef void **scalar_ptrs         # [2 * count], argument order
     cdef Py_ssize_t count
-    cdef Py_ssize_t n32
+    cdef Py_ssize_t fstart[_NFORMATS + 1]
+    cdef gd_rounding rounding       # of 16-bit params (float32/64: nearest)
+    cdef uint64_t seed
     cdef int nscalars
     cdef int kernel
     cdef double options[_MAX_OPTIONS]
@@ -275,15 +347,28 @@ cdef class _Batch:
 
     cdef void _run(self, double grad_multiplier=1.0) noexcept:
         with nogil:
-            if self.n32:
-                gd_step_scaled(self.kernel, GD_FLOAT32, self.options, self.buffers, self.n32,
-                               grad_multiplier)
-            if self.count > self.n32:
-                gd_step_scaled(self.kernel, GD_FLOAT64, self.options, self.buffers + self.n32,
-                               self.count - self.n32, grad_multiplier)
+            _run_formats(self.kernel, self.options, self.buffers, self.fstart, self.rounding,
+                         self.seed, grad_multiplier)
         if self.nscalars:
             _store_scalars(self.buffers, self.order, self.scalar_ptrs, self.count,
                            self.nscalars)
+
+
+cdef void _run_formats(int kernel, const double *options, gd_buffer *buffers,
+                       const Py_ssize_t *fstart, gd_rounding rounding, uint64_t seed,
+                       double grad_multiplier) noexcept nogil:
+    """One kernel call per element format present in buffers (grouped by
+    format: fstart, see _Batch)."""
+    cdef gd_format fmt
+    cdef int f
+    for f in range(_NFORMATS):
+        if fstart[f + 1] > fstart[f]:
+            fmt.param = _FORMAT_PARAM[f]
+            fmt.state = _FORMAT_STATE[f]
+            fmt.rounding = rounding if f >= 2 else GD_ROUND_NEAREST
+            fmt.seed = seed
+            gd_step_format(kernel, &fmt, options, buffers + fstart[f], fstart[f + 1] - fstart[f],
+                           grad_multiplier)
 
 
 cdef void _store_scalars(const gd_buffer *buffers, const Py_ssize_t *order, void **ptrs,
@@ -323,23 +408,29 @@ cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
 
 
 cdef cnp.ndarray _check_written(object obj, tuple names, Py_ssize_t i, object index,
-                                bint single, cnp.ndarray param):
-    """A buffer the kernel writes: the param (param is None) or a state."""
+                                bint single, cnp.ndarray param, bint exact=False):
+    """A buffer the kernel writes: the param (param is None), a state (of
+    the param's dtype, or float32 for a 16-bit param) or, exact, a buffer
+    of exactly the param's dtype (a Kahan compensation)."""
     if not cnp.PyArray_Check(obj):
         what = "a param" if param is None else "a state buffer"
         raise TypeError(f"{_label(names, i, index, single)} must be a numpy.ndarray "
                         f"({what} is updated in place), not {type(obj).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>obj
-    cdef int typenum = cnp.PyArray_TYPE(a)
+    cdef int code = _elem_code(a), param_code
     if param is None:
-        if ((typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)
-                or cnp.PyArray_ISBYTESWAPPED(a)):
+        if code < 0:
             raise TypeError(f"{_label(names, i, index, single)} has dtype {a.dtype}; "
-                            "gdcore updates float32 and float64 arrays in native byte order")
+                            "gdcore updates float32, float64, bfloat16 and float16 arrays "
+                            "in native byte order")
     else:
-        if typenum != cnp.PyArray_TYPE(param) or cnp.PyArray_ISBYTESWAPPED(a):
+        param_code = _elem_code(param)
+        if code != param_code and (exact or code != GD_FLOAT32 or
+                                   param_code == GD_FLOAT64):
+            allowed = " or float32" if not exact and param_code > GD_FLOAT64 else ""
             raise TypeError(f"{_label(names, i, index, single)} has dtype {a.dtype} but its "
-                            f"param has dtype {param.dtype}")
+                            f"param has dtype {param.dtype} (it must be the param's "
+                            f"dtype{allowed})")
         if not _same_shape(a, param):
             raise ValueError(f"{_label(names, i, index, single)} has shape {(<object>a).shape} but its "
                              f"param has shape {(<object>param).shape}")
@@ -446,6 +537,8 @@ cdef inline void _add_span(_Span *spans, Py_ssize_t *count, cnp.ndarray a,
 cdef str _span_label(_Span s, Spec spec, object index, bint single):
     if s.slot < 0:
         names = _PARAM
+    elif s.slot == _COMP_SLOT:
+        names = _COMPENSATION
     elif s.slot < _MAX_SLOTS:
         names = (spec.slot_names[s.slot], spec.slot_plurals[s.slot])
     else:
@@ -502,7 +595,8 @@ cdef int _fill_steps(object steps, Py_ssize_t n, object index, bint single,
 
 cdef Py_ssize_t _gather_written(Spec spec, list params, tuple slots, tuple scalars,
                                 object index, bint single, gd_buffer *staged,
-                                void **scalar_ptrs, _Span *spans) except -1:
+                                void **scalar_ptrs, _Span *spans, int *formats=NULL,
+                                list compensations=None) except -1:
     """Check the buffers a batch writes (params, state, scalars) and fill
     `staged` (argument order) with everything but the grads and steps;
     `spans` receives their memory, sorted.  Returns the number of spans.
@@ -511,10 +605,12 @@ cdef Py_ssize_t _gather_written(Spec spec, list params, tuple slots, tuple scala
     slots: one list (or None: unused) per state slot, in declaration order;
     scalars: one list per scalar.  index: None, or the position of each
     buffer in the caller's own lists (used in messages).  single: name
-    buffers as in the single-buffer functions."""
-    cdef Py_ssize_t n = len(params), i, k, s, nspans = 0
+    buffers as in the single-buffer functions.  formats (if not NULL):
+    receives each buffer's element format (_FORMAT_PARAM/_FORMAT_STATE).
+    compensations: None, or one Kahan compensation buffer per param."""
+    cdef Py_ssize_t n = len(params), i, k, s, nspans = 0, first
     cdef cnp.ndarray p, a
-    cdef int typenum
+    cdef int typenum, state_code
     for i in range(n):
         p = _check_written(params[i], _PARAM, i, index, single, None)
         staged[i].param = cnp.PyArray_DATA(p)
@@ -523,13 +619,36 @@ cdef Py_ssize_t _gather_written(Spec spec, list params, tuple slots, tuple scala
         _add_span(spans, &nspans, p, i, -1)
         for s in range(_MAX_SLOTS):
             staged[i].state[s] = NULL
+        state_code = -1
+        first = -1
         for s in range(spec.nslots):
             if slots[s] is None:
                 continue
             a = _check_written((<list>slots[s])[i], (spec.slot_names[s], spec.slot_plurals[s]),
                                i, index, single, p)
+            if state_code < 0:
+                state_code, first = _elem_code(a), s
+            elif _elem_code(a) != state_code:
+                raise TypeError(
+                    f"{_label((spec.slot_names[s], spec.slot_plurals[s]), i, index, single)} "
+                    f"has dtype {a.dtype} but "
+                    f"{_label((spec.slot_names[first], spec.slot_plurals[first]), i, index, single)} "
+                    f"has dtype {(<list>slots[first])[i].dtype}; a param's state buffers "
+                    "share one dtype")
             staged[i].state[s] = cnp.PyArray_DATA(a)
             _add_span(spans, &nspans, a, i, s)
+        if formats != NULL:
+            formats[i] = _format_of(_elem_code(p), state_code if state_code >= 0
+                                    else _elem_code(p))
+        staged[i].compensation = NULL
+        if compensations is not None:
+            a = _check_written(compensations[i], _COMPENSATION, i, index, single, p, True)
+            if not _same_shape(a, p):
+                raise ValueError(f"{_label(_COMPENSATION, i, index, single)} has shape "
+                                 f"{(<object>a).shape} but its param has shape "
+                                 f"{(<object>p).shape}")
+            staged[i].compensation = cnp.PyArray_DATA(a)
+            _add_span(spans, &nspans, a, i, _COMP_SLOT)
         staged[i].scalar[0] = staged[i].scalar[1] = 0
         staged[i].scalar_float64 = 0
         for s in range(spec.nscalars):
@@ -586,32 +705,37 @@ cdef int _gather_grad(cnp.ndarray grad, Py_ssize_t i, object index, bint single,
     return 0
 
 
-cdef Py_ssize_t _partition(list params, const gd_buffer *staged, gd_buffer *out,
-                           Py_ssize_t *order):
-    """Copy staged into out, float32 buffers first, keeping their order;
-    order[k] = the argument position of out[k].  Returns the float32 count."""
-    cdef Py_ssize_t n = len(params), i, k, n32 = 0, f32 = 0, f64
+cdef void _partition(Py_ssize_t n, const int *formats, const gd_buffer *staged,
+                     gd_buffer *out, Py_ssize_t *order, Py_ssize_t *fstart) noexcept:
+    """Copy staged into out grouped by element format (in _FORMAT_PARAM's
+    order), keeping the argument order within a format; order[k] = the
+    argument position of out[k]; fstart[f]: where format f starts
+    (fstart[_NFORMATS] = n)."""
+    cdef Py_ssize_t i, k, f
+    cdef Py_ssize_t next_slot[_NFORMATS]
+    for f in range(_NFORMATS + 1):
+        fstart[f] = 0
     for i in range(n):
-        if cnp.PyArray_TYPE(<cnp.ndarray>params[i]) == cnp.NPY_FLOAT32:
-            n32 += 1
-    f64 = n32
+        fstart[formats[i] + 1] += 1
+    for f in range(_NFORMATS):
+        fstart[f + 1] += fstart[f]
+        next_slot[f] = fstart[f]
     for i in range(n):
-        if cnp.PyArray_TYPE(<cnp.ndarray>params[i]) == cnp.NPY_FLOAT32:
-            k = f32
-            f32 += 1
-        else:
-            k = f64
-            f64 += 1
+        k = next_slot[formats[i]]
+        next_slot[formats[i]] += 1
         memcpy(&out[k], &staged[i], sizeof(gd_buffer))
         order[k] = i
-    return n32
 
 
 cdef _Batch _gather(Spec spec, const double *options, list params, list grads, tuple slots,
-                    tuple scalars, object steps, object index, bint single):
+                    tuple scalars, object steps, object index, bint single,
+                    gd_rounding rounding=GD_ROUND_NEAREST, uint64_t seed=0,
+                    list compensations=None, object streams=None):
     """A checked kernel call.  The lists are the caller's own copies; grads
     may still need converting (user code), which happens first, with the
-    steps, before any check."""
+    steps and streams, before any check.  rounding, seed, compensations and
+    streams: how 16-bit params are stored (see gd_format); streams None:
+    each buffer's position (index[i], else i)."""
     cdef Py_ssize_t n = len(params), i
     if len(grads) != n:
         raise ValueError(f"got {len(grads)} grads for {n} params")
@@ -621,40 +745,89 @@ cdef _Batch _gather(Spec spec, const double *options, list params, list grads, t
     for s in range(spec.nscalars):
         if len(scalars[s]) != n:
             raise ValueError(f"got {len(scalars[s])} {spec.scalar_plurals[s]} for {n} params")
+    comp_label = _COMPENSATION[0 if single else 1]
+    if rounding == GD_ROUND_KAHAN and compensations is None:
+        raise ValueError(f"rounding='kahan' needs {comp_label} (the param's dtype and shape, "
+                         "starting at zero)")
+    if rounding != GD_ROUND_KAHAN and compensations is not None:
+        raise ValueError(f"{comp_label} is only used with rounding='kahan'")
+    if compensations is not None and len(compensations) != n:
+        raise ValueError(f"got {len(compensations)} compensations for {n} params")
     cdef _Batch batch = _Batch.__new__(_Batch)
-    batch.keep = [params, grads, slots, scalars]
+    batch.keep = [params, grads, slots, scalars, compensations]
     batch.index = range(n) if index is None else index
     batch.count = n
     batch.kernel = spec.kernel
     batch.nscalars = spec.nscalars
+    batch.rounding = rounding
+    batch.seed = seed
     memcpy(batch.options, options, _MAX_OPTIONS * sizeof(double))
     batch.buffers = <gd_buffer *>malloc((2 * n + 1) * sizeof(gd_buffer))
     batch.order = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
     batch.scalar_ptrs = <void **>malloc((2 * n + 1) * sizeof(void *))
     cdef _Span *spans = <_Span *>malloc((_SPANS_PER_BUFFER * n + 1) * sizeof(_Span))
+    cdef int *formats = <int *>malloc((n + 1) * sizeof(int))
     if batch.buffers == NULL or spans == NULL or batch.order == NULL or \
-            batch.scalar_ptrs == NULL:
+            batch.scalar_ptrs == NULL or formats == NULL:
         free(spans)
+        free(formats)
         raise MemoryError()
     cdef gd_buffer *staged = batch.buffers + n   # in argument order
     cdef Py_ssize_t nspans
     try:
-        # 1. user code: step numbers, grad conversion
+        # 1. user code: step numbers, streams, grad conversion
         _fill_steps(steps, n, index, single, staged)
+        stream_values = _stream_values(streams, n, index, single)
         for i in range(n):
             g = grads[i]
             if type(g) is not np.ndarray:
                 grads[i] = _as_grad(g, i, index, single)
         # 2. checks (no user code from here on)
+        if rounding != GD_ROUND_NEAREST:
+            for i in range(n):
+                if _is_wide(params[i]):
+                    raise ValueError(
+                        f"rounding={_rounding_name(rounding)!r} is for bfloat16 and float16 "
+                        f"params; {_label(_PARAM, i, index, single)} has dtype "
+                        f"{params[i].dtype} (float32 and float64 params are computed and "
+                        "stored in their own dtype)")
         nspans = _gather_written(spec, params, slots, scalars, index, single, staged,
-                                 batch.scalar_ptrs, spans)
+                                 batch.scalar_ptrs, spans, formats, compensations)
         for i in range(n):
+            staged[i].stream = <uint64_t>stream_values[i]
             _gather_grad(<cnp.ndarray>grads[i], i, index, single, <cnp.ndarray>params[i],
                          &staged[i], spans, nspans, batch.keep)
+        _partition(n, formats, staged, batch.buffers, batch.order, batch.fstart)
     finally:
         free(spans)
-    batch.n32 = _partition(params, staged, batch.buffers, batch.order)
+        free(formats)
     return batch
+
+
+cdef bint _is_wide(object param):
+    """Whether param is a float32 or float64 ndarray (no rounding mode)."""
+    return cnp.PyArray_Check(param) and (_elem_code(<cnp.ndarray>param) == GD_FLOAT32 or
+                                         _elem_code(<cnp.ndarray>param) == GD_FLOAT64)
+
+
+cdef str _rounding_name(gd_rounding rounding):
+    for name, code in _ROUNDINGS.items():
+        if code == rounding:
+            return name
+    return str(rounding)
+
+
+cdef list _stream_values(object streams, Py_ssize_t n, object index, bint single):
+    """Each buffer's random stream: streams (one int in [0, 2**64) per
+    buffer; may run user code: __index__), or by default its position."""
+    if streams is None:
+        return list(range(n)) if index is None else [int(x) for x in index]
+    if not isinstance(streams, (list, tuple)):
+        raise TypeError(f"streams must be a list of ints, not {type(streams).__name__}")
+    if len(streams) != n:
+        raise ValueError(f"got {len(streams)} streams for {n} params")
+    return [seed_value(streams[i], "stream" if single else f"streams[{i}]")
+            for i in range(n)]
 
 
 cdef list _as_list(object seq, str name):
@@ -667,16 +840,25 @@ cdef list _as_list(object seq, str name):
 # ------------------------------------------------------- the functional API
 
 def run(Spec spec, bint single, params, grads, tuple states, tuple scalars, steps,
-        dict hyper):
+        dict hyper, rounding="nearest", seed=0, compensations=None, streams=None):
     """One functional step (gdcore/functional.py builds the public functions
     from the declarations).  single: params, grads and each state and scalar
     argument are one buffer each, else sequences.  states: one entry per
     state slot (None where not given); hyper: the given hyperparameters by
-    name (the rest take their defaults)."""
+    name (the rest take their defaults).  rounding, seed, compensations,
+    streams: the storage of 16-bit params (single: one compensation and one
+    stream)."""
     cdef double options[_MAX_OPTIONS]
     cdef bint used[_MAX_SLOTS]
     values = spec.defaults if not hyper else dict(spec.defaults, **hyper)
     _fill_options(spec, values, options, used)
+    cdef gd_rounding rounding_code_ = rounding_code(rounding)
+    cdef uint64_t seed_ = seed_value(seed)
+    if compensations is not None:
+        compensations = [compensations] if single else _as_list(compensations,
+                                                                "compensations")
+    if single:
+        streams = [streams]
     cdef int w = 0 if single else 1
     slot_lists = []
     for s in range(spec.nslots):
@@ -695,8 +877,13 @@ def run(Spec spec, bint single, params, grads, tuple states, tuple scalars, step
     for s in range(spec.nscalars):
         given = scalars[s]
         scalar_lists.append([given] if single else _as_list(given, spec.scalar_plurals[s]))
+    stochastic = rounding_code_ == GD_ROUND_STOCHASTIC
+    if stochastic and steps is None:
+        raise ValueError(f"rounding='stochastic' needs step{'' if single else 's'} (the "
+                         "random bits of every step differ)")
     if spec.step_use == "unused":
-        steps = 1
+        if not stochastic:
+            steps = 1
     elif spec.step_use == "first":
         if any(used[s] for s in range(spec.nslots)):
             if steps is None:
@@ -704,17 +891,19 @@ def run(Spec spec, bint single, params, grads, tuple states, tuple scalars, step
                 raise ValueError(f"step{'' if single else 's'} is needed with "
                                  f"{spec.slot_needs[0]} (step 1 initialises {label} "
                                  "with the gradient)")
-        else:
+        elif not stochastic:
             steps = 1
     elif steps is None:
         raise ValueError(f"{spec.function} needs step{'' if single else 's'}")
     cdef _Batch b
     if single:
         b = _gather(spec, options, [params], [grads], tuple(slot_lists), tuple(scalar_lists),
-                    steps, None, True)
+                    steps, None, True, rounding_code_, seed_, compensations, streams)
     else:
         b = _gather(spec, options, _as_list(params, "params"), _as_list(grads, "grads"),
-                    tuple(slot_lists), tuple(scalar_lists), steps, None, False)
+                    tuple(slot_lists), tuple(scalar_lists), steps, None, False,
+                    rounding_code_, seed_, compensations,
+                    None if streams is None else _as_list(streams, "streams"))
     b.run()
 
 
@@ -759,14 +948,33 @@ def group_batch(Spec spec, dict group, list params, list grads, list states, obj
     slots = tuple([[st[spec.slot_names[s]] for st in states] if used[s] else None
                    for s in range(spec.nslots)])
     scalars = tuple([[st[name] for st in states] for name in spec.scalar_names])
+    cdef gd_rounding rounding = rounding_code(group.get("rounding", "nearest"))
+    compensations = None
+    if rounding == GD_ROUND_KAHAN:
+        compensations = []
+        for i, st in enumerate(states):
+            if "compensation" not in st and not _is_wide(params[i]):
+                raise ValueError(f"state[{index[i]}] has no 'compensation' (rounding='kahan' "
+                                 "keeps one per 16-bit param)")
+            compensations.append(st.get("compensation"))   # (wide: refused by _gather)
     return _gather(spec, options, list(params), list(grads), slots, scalars, steps, index,
-                   False)
+                   False, rounding, seed_value(group.get("seed", 0)), compensations)
+
+
+cdef inline int _format_at(const Py_ssize_t *fstart, Py_ssize_t k) noexcept:
+    """The element format of buffers[k] of a batch grouped by fstart."""
+    cdef int f = 0
+    while f < _NFORMATS - 1 and k >= fstart[f + 1]:
+        f += 1
+    return f
 
 
 cdef str _written_label(_Span s, _Batch batch, Spec spec):
     i = batch.index[batch.order[s.buffer]]
     if s.slot < 0:
         return f"params[{i}]"
+    if s.slot == _COMP_SLOT:
+        return f"state[{i}]['compensation']"
     if s.slot < _MAX_SLOTS:
         return f"state[{i}][{spec.slot_names[s.slot]!r}]"
     return f"state[{i}][{spec.scalar_names[s.slot - _MAX_SLOTS]!r}]"
@@ -781,7 +989,7 @@ cdef int _check_across(list batches, Spec spec) except -1:
     cdef _Batch batch
     cdef _Span *spans
     cdef uintptr_t lo
-    cdef int esize
+    cdef int esize, f
     for batch in batches:
         total += batch.count
     spans = <_Span *>malloc((_SPANS_PER_BUFFER * total + 1) * sizeof(_Span))
@@ -792,13 +1000,18 @@ cdef int _check_across(list batches, Spec spec) except -1:
         for b in range(len(batches)):
             batch = <_Batch>batches[b]
             for k in range(batch.count):
-                esize = 4 if k < batch.n32 else 8
+                f = _format_at(batch.fstart, k)
+                esize = _ELEM_BYTES[<int>_FORMAT_PARAM[f]]
                 _add_raw(spans, &nspans, batch.buffers[k].param,
                          batch.buffers[k].n * esize, k, -1, owner, b)
+                if batch.buffers[k].compensation != NULL:
+                    _add_raw(spans, &nspans, batch.buffers[k].compensation,
+                             batch.buffers[k].n * esize, k, _COMP_SLOT, owner, b)
                 for j in range(_MAX_SLOTS):
                     if batch.buffers[k].state[j] != NULL:
                         _add_raw(spans, &nspans, batch.buffers[k].state[j],
-                                 batch.buffers[k].n * esize, k, j, owner, b)
+                                 batch.buffers[k].n * _ELEM_BYTES[<int>_FORMAT_STATE[f]], k, j,
+                                 owner, b)
                 for j in range(batch.nscalars):
                     _add_raw(spans, &nspans, batch.scalar_ptrs[2 * batch.order[k] + j],
                              8 if batch.buffers[k].scalar_float64 else 4, k,
@@ -820,11 +1033,11 @@ cdef int _check_across(list batches, Spec spec) except -1:
         for b in range(len(batches)):
             batch = <_Batch>batches[b]
             for k in range(batch.count):
-                esize = 4 if k < batch.n32 else 8
+                esize = _ELEM_BYTES[<int>_FORMAT_PARAM[_format_at(batch.fstart, k)]]
                 lo = <uintptr_t>batch.buffers[k].grad
                 if batch.buffers[k].n and _overlaps_written(
                         spans, nspans, lo, lo + <uintptr_t>(batch.buffers[k].n * esize)):
-                    copy = np.empty(batch.buffers[k].n, np.float32 if esize == 4 else np.float64)
+                    copy = np.empty(batch.buffers[k].n * esize // 2, np.uint16)
                     memcpy(cnp.PyArray_DATA(<cnp.ndarray>copy), batch.buffers[k].grad,
                            batch.buffers[k].n * esize)
                     batch.keep.append(copy)
@@ -1010,7 +1223,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "gd_dlpack.h":
-    int GD_DLPACK_MAJOR, GD_DLPACK_CPU, GD_DLPACK_FLOAT
+    int GD_DLPACK_MAJOR, GD_DLPACK_CPU, GD_DLPACK_FLOAT, GD_DLPACK_BFLOAT
     ctypedef struct gd_dl_device:
         int32_t device_type
     ctypedef struct gd_dl_dtype:
@@ -1138,13 +1351,19 @@ cdef inline bint _dl_describe(object t, gd_dl_tensor *out) noexcept:
 
 cdef bint _dl_dense(const gd_dl_tensor *d, int typenum, int64_t *numel) noexcept:
     """Whether described tensor *d is on the CPU, of NumPy dtype `typenum`
-    (float32/float64) and C-contiguous (dims of size 1 do not count, as in
+    (float32/float64/float16/bfloat16) and C-contiguous (dims of size 1 do not count, as in
     torch and NumPy); *numel: its element count."""
     cdef int64_t expected = 1, count = 1
     cdef int32_t j
-    if d.device.device_type != GD_DLPACK_CPU or d.dtype.code != GD_DLPACK_FLOAT or \
-            d.dtype.lanes != 1 or \
-            d.dtype.bits != (32 if typenum == cnp.NPY_FLOAT32 else 64):
+    cdef int code = GD_DLPACK_FLOAT, bits = 64
+    if typenum == cnp.NPY_FLOAT32:
+        bits = 32
+    elif typenum == cnp.NPY_FLOAT16:
+        bits = 16
+    elif typenum == _BF16_NUM:
+        code, bits = GD_DLPACK_BFLOAT, 16
+    if d.device.device_type != GD_DLPACK_CPU or d.dtype.code != code or \
+            d.dtype.lanes != 1 or d.dtype.bits != bits:
         return False
     for j in range(d.ndim):
         count *= d.shape[j]
@@ -1289,7 +1508,7 @@ cdef class Plan:
     cdef list group_slots       # the state names each group's step uses
     cdef Py_ssize_t ngroups, count, nspans
     cdef Py_ssize_t *group_start    # [ngroups + 1]: group g is buffers[start[g]:start[g+1]]
-    cdef Py_ssize_t *group_n32      # float32 buffers come first in each group
+    cdef Py_ssize_t *group_fstart   # per group: _NFORMATS + 1 format starts (see _Batch)
     cdef Py_ssize_t *position       # buffers[k] is grads[position[k]]
     cdef Py_ssize_t *member         # ... and group["params"][member[k]]
     cdef Py_ssize_t *identity       # [count]: k (buffers and scalar_ptrs share the order)
@@ -1307,7 +1526,7 @@ cdef class Plan:
 
     def __dealloc__(self):
         free(self.group_start)
-        free(self.group_n32)
+        free(self.group_fstart)
         free(self.position)
         free(self.member)
         free(self.identity)
@@ -1338,7 +1557,8 @@ cdef class Plan:
             total += len(group["params"])
         plan.ngroups, plan.count = ngroups, total
         plan.group_start = <Py_ssize_t *>malloc((ngroups + 1) * sizeof(Py_ssize_t))
-        plan.group_n32 = <Py_ssize_t *>malloc((ngroups + 1) * sizeof(Py_ssize_t))
+        plan.group_fstart = <Py_ssize_t *>malloc((ngroups + 1) * (_NFORMATS + 1) *
+                                                 sizeof(Py_ssize_t))
         plan.options = <double *>malloc((ngroups + 1) * _MAX_OPTIONS * sizeof(double))
         plan.buffers = <gd_buffer *>malloc((2 * total + 1) * sizeof(gd_buffer))
         plan.position = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
@@ -1351,7 +1571,7 @@ cdef class Plan:
         plan.shapes = <int64_t *>malloc((total * _MAX_DIMS + 1) * sizeof(int64_t))
         plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
-        if (plan.group_start == NULL or plan.group_n32 == NULL or plan.options == NULL or
+        if (plan.group_start == NULL or plan.group_fstart == NULL or plan.options == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
                 plan.spans == NULL or plan.sizes == NULL or plan.identity == NULL or
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
@@ -1360,7 +1580,10 @@ cdef class Plan:
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
         cdef void **staged_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
-        if staged_ptrs == NULL:
+        cdef int *formats = <int *>malloc((total + 1) * sizeof(int))
+        if staged_ptrs == NULL or formats == NULL:
+            free(staged_ptrs)
+            free(formats)
             raise MemoryError()
         try:
             for g in range(ngroups):
@@ -1384,12 +1607,17 @@ cdef class Plan:
                 index = list(range(flat, flat + len(params)))
                 # checks this group's buffers; plan.spans is scratch here
                 _gather_written(spec, params, slots, scalars, index, False, staged + start,
-                                staged_ptrs, plan.spans)
+                                staged_ptrs, plan.spans, formats)
+                for i in range(len(params)):
+                    if formats[i] >= 2:
+                        # (16-bit params: the general path, every step)
+                        raise TypeError(f"params[{flat + i}] is 16-bit; no plan")
                 plan.group_start[g] = start
-                plan.group_n32[g] = _partition(params, staged + start, plan.buffers + start,
-                                               plan.member + start)
+                _partition(len(params), formats, staged + start, plan.buffers + start,
+                           plan.member + start, &plan.group_fstart[g * (_NFORMATS + 1)])
                 for k in range(start, start + len(params)):
                     i = plan.member[k]
+                    plan.buffers[k].stream = flat + i
                     plan.identity[k] = k
                     plan.scalar_ptrs[2 * k] = staged_ptrs[2 * i]
                     plan.scalar_ptrs[2 * k + 1] = staged_ptrs[2 * i + 1]
@@ -1412,6 +1640,7 @@ cdef class Plan:
                 flat += len(params)
         finally:
             free(staged_ptrs)
+            free(formats)
         plan.group_start[ngroups] = start
         # Written buffers of all groups, sorted; disjoint across groups too.
         for k in range(total):
@@ -1657,14 +1886,9 @@ cdef class Plan:
             for g in range(self.ngroups):
                 k = self.group_start[g]
                 o = &self.options[g * _MAX_OPTIONS]
-                if self.group_n32[g]:
-                    gd_step_scaled(spec.kernel, GD_FLOAT32, o, self.buffers + k,
-                                   self.group_n32[g], grad_multiplier)
-                if self.group_start[g + 1] - k - self.group_n32[g]:
-                    gd_step_scaled(spec.kernel, GD_FLOAT64, o,
-                                   self.buffers + k + self.group_n32[g],
-                                   self.group_start[g + 1] - k - self.group_n32[g],
-                                   grad_multiplier)
+                _run_formats(spec.kernel, o, self.buffers + k,
+                             &self.group_fstart[g * (_NFORMATS + 1)], GD_ROUND_NEAREST, 0,
+                             grad_multiplier)
         if spec.nscalars:
             _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
         if counters is not None:
@@ -1690,11 +1914,15 @@ def stream(params, grads, states, *, int nread, int nwrite):
     slots += (None,) * (spec.nslots - len(slots))
     cdef _Batch b = _gather(spec, options, _as_list(params, "params"), _as_list(grads, "grads"),
                             slots, (), 1, None, False)
+    if b.fstart[_NFORMATS] - b.fstart[5] or b.fstart[4] - b.fstart[3]:
+        raise ValueError("the probe moves one element size: float32 state for 16-bit params "
+                         "is not a probe shape")
+    cdef int f
     with nogil:
-        if b.n32:
-            gd_stream(GD_FLOAT32, nread, nwrite, b.buffers, b.n32)
-        if b.count > b.n32:
-            gd_stream(GD_FLOAT64, nread, nwrite, b.buffers + b.n32, b.count - b.n32)
+        for f in range(_NFORMATS):
+            if b.fstart[f + 1] > b.fstart[f]:
+                gd_stream(_FORMAT_PARAM[f], nread, nwrite, b.buffers + b.fstart[f],
+                          b.fstart[f + 1] - b.fstart[f])
 
 
 # ------------------------------------------------------ grad norm (clipping)
@@ -1908,6 +2136,14 @@ cdef int _capi_step(int kernel, gd_dtype dtype, const double *options, gd_buffer
     return _capi_step_scaled(kernel, dtype, options, buffers, count, 1.0)
 
 
+cdef int _capi_step_format(int kernel, const gd_format *format, const double *options,
+                           gd_buffer *buffers, int64_t count,
+                           double grad_multiplier) noexcept nogil:
+    if format == NULL or count < 0:
+        return -1
+    return gd_step_format(kernel, format, options, buffers, count, grad_multiplier)
+
+
 cdef int _capi_kernel_count() noexcept nogil:
     return GD_KERNEL_COUNT
 
@@ -1948,6 +2184,7 @@ _capi.kernel_options = _capi_kernel_options
 _capi.kernel_index = _capi_kernel_index
 _capi.set_num_threads = _capi_set_num_threads
 _capi.get_num_threads = _capi_get_num_threads
+_capi.step_format = _capi_step_format
 
 # gdcore_import_capi() (gdcore/include/gdcore_capi.h) imports this.
 _C_API = PyCapsule_New(<void *>&_capi, "gdcore._core._C_API", NULL)

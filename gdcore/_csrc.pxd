@@ -4,7 +4,7 @@
 # (gd_step), so they need no mirror here.
 from libc.stdint cimport int64_t
 
-from gdcore.capi cimport gd_buffer, gd_dtype, GD_FLOAT32, GD_FLOAT64
+from gdcore.capi cimport gd_buffer, gd_dtype, gd_format, GD_FLOAT32, GD_FLOAT64
 
 cdef extern from "gdcore.h" nogil:
     int GD_KERNEL_COUNT
@@ -14,6 +14,8 @@ cdef extern from "gdcore.h" nogil:
                 int64_t count)
     int gd_step_scaled(int kernel, gd_dtype dtype, const double *options, gd_buffer *buffers,
                        int64_t count, double grad_multiplier)
+    int gd_step_format(int kernel, const gd_format *format, const double *options,
+                       gd_buffer *buffers, int64_t count, double grad_multiplier)
     const char *gd_kernel_name(int kernel)
     int gd_kernel_options(int kernel)
 

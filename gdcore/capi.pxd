@@ -13,7 +13,7 @@
 #
 # kernel, options and the state slots for a set of hyperparameters come
 # from gdcore.capi_options(name, **hyperparameters) in Python.
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef extern from "gdcore_capi.h":
     int GDCORE_CAPI_MAJOR
@@ -22,6 +22,19 @@ cdef extern from "gdcore_capi.h":
     ctypedef enum gd_dtype:
         GD_FLOAT32
         GD_FLOAT64
+        GD_BFLOAT16
+        GD_FLOAT16
+
+    ctypedef enum gd_rounding:
+        GD_ROUND_NEAREST
+        GD_ROUND_STOCHASTIC
+        GD_ROUND_KAHAN
+
+    ctypedef struct gd_format:
+        gd_dtype param
+        gd_dtype state
+        gd_rounding rounding
+        uint64_t seed
 
     ctypedef struct gd_buffer:
         void *param
@@ -31,6 +44,8 @@ cdef extern from "gdcore_capi.h":
         int64_t step
         double scalar[2]
         int scalar_float64
+        void *compensation
+        uint64_t stream
 
     ctypedef struct gdcore_capi:
         uint32_t major
@@ -47,6 +62,9 @@ cdef extern from "gdcore_capi.h":
         int (*kernel_index)(const char *name) noexcept nogil
         void (*set_num_threads)(int n) noexcept nogil
         int (*get_num_threads)() noexcept nogil
+        int (*step_format)(int kernel, const gd_format *format, const double *options,
+                           gd_buffer *buffers, int64_t count,
+                           double grad_multiplier) noexcept nogil
 
     # NULL with ImportError set: gdcore missing, or another major version.
     const gdcore_capi *gdcore_import_capi() except NULL

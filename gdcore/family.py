@@ -551,7 +551,7 @@ def functional_parameters(decl, multi, annotate=False):
     step_type = "Union[int, Sequence[int]]" if multi else "int"
     if decl.step == "required":
         keywords.append(step + ann(step_type))
-    elif decl.step == "first":
+    else:       # "first": needed with momentum; both: with stochastic rounding
         keywords.append(f"{step}{ann('Optional[' + step_type + ']')}=None")
     for h in decl.hyper:
         if h.init_only or h.fixed:
@@ -560,7 +560,21 @@ def functional_parameters(decl, multi, annotate=False):
             keywords += [f"{c}{ann('float')}={d!r}" for c, d in zip(h.c, h.default)]
         else:
             keywords.append(f"{h.name}{ann(_annotation(h))}={h.default!r}")
+    keywords += [f"{name}{ann(kind)}={default}"
+                 for name, kind, default in storage_parameters(multi)]
     return out + ["*"] + keywords
+
+
+def storage_parameters(multi):
+    """The keywords every functional step takes for 16-bit params (the same
+    for every optimizer: they concern how results are stored, not the math):
+    (name, annotation, default source)."""
+    buffers = "Sequence[np.ndarray]" if multi else "np.ndarray"
+    return [("rounding", "str", "'nearest'"),
+            ("seed", "int", "0"),
+            ("compensations" if multi else "compensation", f"Optional[{buffers}]", "None"),
+            ("streams" if multi else "stream",
+             "Optional[Sequence[int]]" if multi else "int", "None" if multi else "0")]
 
 
 def class_parameters(decl, annotate=False):
@@ -571,7 +585,17 @@ def class_parameters(decl, annotate=False):
     positional = [f"{h.name}{ann(h)}={h.default!r}" for h in arguments if not h.keyword_only]
     keyword = [f"{h.name}{ann(h)}={h.default!r}" for h in arguments if h.keyword_only]
     params = "params: Iterable[Any]" if annotate else "params"
-    return ["self", params] + positional + (["*"] + keyword if keyword else [])
+    storage = [f"{name}{': ' + kind if annotate else ''}={default}"
+               for name, kind, default in STORAGE_OPTIONS]
+    return ["self", params] + positional + ["*"] + keyword + storage
+
+
+#: The constructor keywords every class takes for 16-bit params (gdcore's
+#: additions to torch's signatures; kept in each param group):
+#: (name, annotation, default source).
+STORAGE_OPTIONS = [("state_dtype", "Optional[Any]", "None"),
+                   ("rounding", "str", "'nearest'"),
+                   ("seed", "int", "0")]
 
 
 def python_stubs():

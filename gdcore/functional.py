@@ -26,13 +26,15 @@ def _doc_args(decl, multi):
     lines = []
     param = "params" if multi else "param"
     what = "lists of " if multi else ""
-    lines.append(f"    {param}: {what}float32/float64 C-contiguous ndarray, updated in place.")
+    lines.append(f"    {param}: {what}float32, float64, bfloat16 (ml_dtypes) or float16 "
+                 "C-contiguous ndarray, updated in place.")
     lines.append(f"    {'grads' if multi else 'grad'}: {what}array-like of exactly the "
                  "param's shape and dtype.")
     for s in decl.state:
         name = s.plural if multi else s.name
         when = f"; required iff {s.needs}" if s.needs else ""
-        lines.append(f"    {name}: {what}state buffer like the param{when}.")
+        lines.append(f"    {name}: {what}state buffer of the param's shape and dtype (or "
+                     f"float32 for a 16-bit param){when}.")
     for s in decl.scalars:
         name = s.plural if multi else s.name
         lines.append(f"    {name}: {what}0-d float32/float64 ndarray, updated in place.")
@@ -41,12 +43,32 @@ def _doc_args(decl, multi):
                      + (" (an int, or one per buffer)." if multi else "."))
     elif decl.step == "first":
         lines.append(f"    {'steps' if multi else 'step'}: the 1-based step number; needed "
-                     "when a state buffer is in use (step 1 initialises it).")
+                     "when a state buffer is in use (step 1 initialises it), and with "
+                     "rounding='stochastic'.")
+    else:
+        lines.append(f"    {'steps' if multi else 'step'}: the 1-based step number; needed "
+                     "only with rounding='stochastic' (it keys the random bits).")
     for h in decl.hyper:
         if h.init_only or h.fixed:
             continue
         names = " / ".join(h.functional_names())
         lines.append(f"    {names} (default {h.default!r}): {h.doc}.")
+    lines.append("    rounding (default 'nearest'): how a 16-bit param is stored after the "
+                 "update: 'nearest' (even), 'stochastic' or 'kahan'; float32/float64 "
+                 "params take 'nearest'.")
+    lines.append("    seed (default 0): 'stochastic': the random stream's seed, 0 <= seed "
+                 "< 2**64.")
+    if multi:
+        lines.append("    compensations: 'kahan': one buffer per param, of its dtype and "
+                     "shape, starting at zero, updated in place.")
+        lines.append("    streams: 'stochastic': one int per param naming its random "
+                     "stream (default: its position in params); the bits of an element "
+                     "depend on (seed, stream, step, its index).")
+    else:
+        lines.append("    compensation: 'kahan': a buffer of the param's dtype and shape, "
+                     "starting at zero, updated in place.")
+        lines.append("    stream (default 0): 'stochastic': the param's random stream "
+                     "(pass stream=j to get the bits of a _multi call's j-th param).")
     return "\n".join(lines)
 
 
@@ -77,11 +99,13 @@ def _build(decl, multi):
                          f"{h.name!r}: {h.name}")
     states = "(" + "".join(f"{one(s)}, " for s in decl.state) + ")"
     scalars = "(" + "".join(f"{one(s)}, " for s in decl.scalars) + ")"
-    step = ("steps" if multi else "step") if decl.step != "unused" else "None"
+    step = "steps" if multi else "step"
     first = "params, grads" if multi else "param, grad"
+    storage = "rounding, seed, " + ("compensations, streams" if multi else
+                                    "compensation, stream")
     source = (f"def {name}({', '.join(functional_parameters(decl, multi))}):\n"
               f"    _run(_spec, {not multi}, {first}, {states}, {scalars}, {step}, "
-              f"{{{', '.join(hyper)}}})\n")
+              f"{{{', '.join(hyper)}}}, {storage})\n")
     scope = {"_run": _core.run, "_spec": _core.SPECS[decl.name]}
     exec(compile(source, f"<gdcore.functional.{name}>", "exec"), scope)
     function = scope[name]

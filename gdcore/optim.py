@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from gdcore import _core
-from gdcore.family import FAMILY, class_parameters
+from gdcore.family import FAMILY, STORAGE_OPTIONS, class_parameters
 
 __all__ = ["Optimizer"] + [decl.name for decl in FAMILY]
 
@@ -50,7 +50,7 @@ def _aligned_empty(nbytes, page_offset=None):
     return raw[offset:offset + nbytes]
 
 
-def _aligned_full(like, value, slot=0):
+def _aligned_full(like, value, slot=0, dtype=None):
     """A C-contiguous array shaped and typed like `like`, filled with value,
     starting on a 64-byte boundary (a cache line; a whole AVX-512 vector).
 
@@ -61,18 +61,20 @@ def _aligned_full(like, value, slot=0):
     pending store to another ("4K aliasing") and stalls the load.  Measured
     here: float32 Adam over 1M elements ran 0.35 ns per element with the
     buffers 64 bytes apart in the page and 0.23-0.25 with them 1 KiB apart."""
-    nbytes = like.nbytes
+    dtype = like.dtype if dtype is None else np.dtype(dtype)
+    nbytes = like.size * dtype.itemsize
     page_offset = None
     if nbytes >= _PAGE:
         page_offset = (like.ctypes.data + (slot + 1) * _STAGGER) % _PAGE // 64 * 64
-    out = _aligned_empty(nbytes, page_offset).view(like.dtype).reshape(like.shape)
+    out = _aligned_empty(nbytes, page_offset).view(dtype).reshape(like.shape)
     out.fill(value)
     return out
 
 
-def _aligned_copy(value, like, name, slot=0):
+def _aligned_copy(value, like, name, slot=0, dtype=None):
     """A 64-byte aligned copy of state array `value`, shaped like param `like`.
-    Floating state is cast to the param's dtype, as torch does on load."""
+    Floating state is cast to the param's dtype (or `dtype`: the state dtype
+    of a 16-bit param), as torch does on load."""
     try:
         value = np.asarray(value)
     except Exception as exc:
@@ -80,9 +82,9 @@ def _aligned_copy(value, like, name, slot=0):
     if value.shape != like.shape:
         raise ValueError(f"{name} has shape {value.shape} but its param has shape "
                          f"{like.shape}")
-    if value.dtype.kind != "f":
+    if value.dtype.kind != "f" and value.dtype != _core.BFLOAT16:
         raise TypeError(f"{name} has dtype {value.dtype}; state buffers are floating point")
-    out = _aligned_full(like, 0, slot)
+    out = _aligned_full(like, 0, slot, dtype)
     out[...] = value
     return out
 
@@ -157,6 +159,17 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         _core.check_group(self._spec, defaults)         # hyperparameters first, as torch
+        defaults = dict(defaults)
+        if "state_dtype" in defaults:
+            defaults["state_dtype"] = _state_dtype_name(defaults["state_dtype"])
+        _check_storage(defaults)
+        # gdcore's storage options join the defaults (and so every group and
+        # the state dict) only when they differ from the default: then the
+        # groups and state dicts are exactly torch's
+        for name, default in _STORAGE_DEFAULTS.items():
+            if name in defaults and defaults[name] == default and \
+                    type(defaults[name]) is type(default):
+                del defaults[name]
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = ParamState()
@@ -203,7 +216,7 @@ class Optimizer:
             _core.check_param(p, f"params[{len(existing) + k}]")
         for name, default in self.defaults.items():
             group.setdefault(name, default)
-        unknown = set(group) - set(self.defaults) - {"params"}
+        unknown = set(group) - set(self.defaults) - {"params"} - set(_STORAGE_DEFAULTS)
         if unknown:
             raise TypeError(f"param group has unknown hyperparameters {sorted(unknown)}; "
                             f"{type(self).__name__} takes {sorted(self.defaults)}")
@@ -215,6 +228,7 @@ class Optimizer:
 
     def _check(self, group):
         _core.check_group(self._spec, group)
+        _check_storage(group)
 
     # --------------------------------------------------------------- step
     def step(self, grads):
@@ -273,16 +287,29 @@ class Optimizer:
                     elif type(state) is not dict:
                         raise TypeError(f"state[{position}] (the state of params[{position}]) "
                                         f"must be a dict, not {type(state).__name__}")
+                    state_dtype = _state_dtype_of(p, group)
                     added = {name: _aligned_full(p, self._initial_value(name, group),
-                                                 spec.slot_names.index(name))
+                                                 spec.slot_names.index(name), state_dtype)
                              for name in needed if name not in state}
                     new_buffers = bool(added)
+                    if group.get("rounding") == "kahan" and "compensation" not in state \
+                            and p.dtype.itemsize == 2:
+                        added["compensation"] = _aligned_full(p, 0.0, 3)
                     for scalar in spec.decl.scalars:
                         if scalar.name not in state:
                             added[scalar.name] = np.array(
                                 float(_initial(scalar.init, group)), dtype=np.float32)
-                    step = _state_step(state, position) + 1 if self._counts_steps else \
-                        1 if new_buffers else 2
+                    if self._counts_steps:
+                        step = _state_step(state, position) + 1
+                    elif group.get("rounding") == "stochastic":
+                        # SGD keeps a step count for the random bits (step
+                        # 1 still marks a new momentum buffer)
+                        counted = _state_step(state, position) + 1 if "step" in state else 1
+                        added["step"] = counted
+                        step = 1 if new_buffers else max(counted, 2) if "momentum_buffer" \
+                            in state else counted
+                    else:
+                        step = 1 if new_buffers else 2
                     params.append(p)
                     group_grads.append(g)
                     views.append({**state, **added} if added else state)
@@ -366,6 +393,7 @@ class Optimizer:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         numbering = {}
+        group_of = {}
         new_groups = []
         for k, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             label = f"state_dict['param_groups'][{k}]"
@@ -386,6 +414,11 @@ class Optimizer:
                     raise ValueError(f"{label}['params'] numbers param {saved_index!r} twice")
                 numbering[saved_index] = p
             new_group = {k: v for k, v in saved.items() if k != "params"}
+            for name in _STORAGE_DEFAULTS:
+                if name in self.defaults:               # (e.g. a torch state dict)
+                    new_group.setdefault(name, self.defaults[name])
+            for saved_index in saved["params"]:
+                group_of[saved_index] = new_group
             missing = [name for name in self.defaults if name not in new_group]
             if missing:
                 raise ValueError(f"{label} has no {missing[0]!r}")
@@ -408,7 +441,10 @@ class Optimizer:
                             raise TypeError(f"{label} is None; a state buffer is an array")
                         continue        # SGD: none yet (torch starts it from the grad)
                     loaded[name] = _aligned_copy(value, p, label,
-                                                 self._spec.slot_names.index(name))
+                                                 self._spec.slot_names.index(name),
+                                                 _state_dtype_of(p, group_of[key]))
+                elif name == "compensation" and p.dtype.itemsize == 2:
+                    loaded[name] = _aligned_copy(value, p, label, 3)
                 elif name in self._spec.scalar_names:
                     loaded[name] = _scalar_copy(value, label)
                 elif name == "step":
@@ -431,6 +467,40 @@ class Optimizer:
                 lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+_STORAGE_DEFAULTS = {"state_dtype": None, "rounding": "nearest", "seed": 0}
+
+
+def _state_dtype_name(value):
+    """state_dtype as kept in a group: None (the param's dtype) or
+    "float32" (for 16-bit params)."""
+    if value is None:
+        return None
+    try:
+        name = np.dtype(value).name if not isinstance(value, str) else value
+    except TypeError:
+        name = str(value).replace("torch.", "")
+    if name != "float32":
+        raise ValueError(f"state_dtype must be None (the param's dtype) or float32, "
+                         f"not {value!r}")
+    return "float32"
+
+
+def _check_storage(group):
+    """The storage options of a group: state_dtype, rounding, seed."""
+    if group.get("state_dtype") is not None and group["state_dtype"] != "float32":
+        _state_dtype_name(group["state_dtype"])         # raises, naming it
+    _core.rounding_code(group.get("rounding", "nearest"))
+    _core.seed_value(group.get("seed", 0))
+
+
+def _state_dtype_of(p, group):
+    """The dtype of a param's state: float32 for a 16-bit param of a group
+    with state_dtype float32, else the param's."""
+    if group.get("state_dtype") == "float32" and p.dtype.itemsize == 2:
+        return np.float32
+    return p.dtype
 
 
 def _check_disjoint(params):
@@ -513,6 +583,16 @@ def _class_docstring(decl):
         s.name + (f" (when {s.needs})" if s.needs else "") for s in decl.state] + [
         f"{s.name} (0-d array)" for s in decl.scalars]
     lines += ["", "State per param: " + ", ".join(state) + "."]
+    lines += ["", "16-bit params (bfloat16 from ml_dtypes, float16) are computed in float32; "
+              "gdcore's additions:",
+              "    state_dtype=None: the state's dtype, the param's (torch's layout) or "
+              "float32 (for 16-bit params; others keep their own).",
+              "    rounding='nearest': how a 16-bit param is stored after its update: "
+              "'nearest' (as torch), 'stochastic' (unbiased; random bits from (seed, the "
+              "param's position, step, element index)) or 'kahan' (state['compensation'] "
+              "keeps what rounding dropped).",
+              "    seed=0: the stochastic rounding seed (kept in each param group, so in "
+              "the state dict)."]
     return "\n".join(lines)
 
 
@@ -523,7 +603,8 @@ def _make_class(decl):
     arguments = [h for h in decl.hyper if not h.fixed]
     signature = ", ".join(class_parameters(decl))
     values = ", ".join([f"{h.name}={h.name}" for h in arguments]
-                       + [f"{h.name}={h.default!r}" for h in decl.hyper if h.fixed])
+                       + [f"{h.name}={h.default!r}" for h in decl.hyper if h.fixed]
+                       + [f"{name}={name}" for name, _, _ in STORAGE_OPTIONS])
     source = (f"def __init__({signature}):\n"
               f"    Optimizer.__init__(self, params, dict({values}))\n")
     scope = {"Optimizer": Optimizer}

@@ -59,6 +59,7 @@ import signal
 import threading
 from itertools import chain
 
+import numpy as np
 import torch
 from torch.optim import optimizer as _torch_optimizer
 from torch.optim.optimizer import _get_scalar_dtype
@@ -74,7 +75,25 @@ except ImportError:                     # torch built without distributed
 
 __all__ = [decl.name for decl in FAMILY] + ["clip_grad_norm_"]
 
-_DTYPES = (torch.float32, torch.float64)
+# bfloat16 tensors are viewed as ml_dtypes.bfloat16 arrays (when installed);
+# float16 as NumPy's float16.
+_DTYPES = (torch.float32, torch.float64, torch.float16) + (
+    (torch.bfloat16,) if _core.BFLOAT16 is not None else ())
+
+
+def _numpy(t):
+    """The NumPy view of CPU tensor t (one memory): .numpy(), except that
+    bfloat16, which NumPy lacks, is viewed through int16 as ml_dtypes'."""
+    if t.dtype == torch.bfloat16 and _core.BFLOAT16 is not None:
+        return t.view(torch.int16).numpy().view(_core.BFLOAT16)
+    return t.numpy()
+
+
+def _from_numpy(array):
+    """The inverse of _numpy: a tensor over the array's memory."""
+    if _core.BFLOAT16 is not None and array.dtype == _core.BFLOAT16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 # Whether steps read grads and check params in C (torch >= 2.10's DLPack
 # exchange table; see csrc/gd_dlpack.h), else through NumPy views.
@@ -121,7 +140,7 @@ def _unsupported(p):
         return f"{shard}is complex"
     if type(p) not in _PLAIN:
         try:                # a wrapper subclass (__torch_dispatch__) has no memory of its own
-            p.detach().numpy()
+            _numpy(p.detach())
         except (RuntimeError, TypeError):
             return f"{shard}is a tensor subclass ({type(p).__name__}) without memory gdcore can update"
     return None
@@ -219,7 +238,8 @@ class _GdcoreBackend:
         if reason and not self._gd_fallback:
             raise TypeError(
                 f"gdcore.torch.{type(self).__name__}: {self._gd_label(index)} {reason} "
-                f"(shape {tuple(p.shape)}); gdcore updates contiguous float32/float64 CPU "
+                f"(shape {tuple(p.shape)}); gdcore updates contiguous float32/float64/"
+                "bfloat16/float16 CPU "
                 "tensors and DTensors whose local shards are such tensors. Pass "
                 "fallback=True to step such params with torch's own implementation.")
         return reason
@@ -239,6 +259,22 @@ class _GdcoreBackend:
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self._gd_engine = None
+        # torch's load casts floating state to the param's dtype; the float32
+        # state of 16-bit params in groups with state_dtype float32 is taken
+        # from the saved float32 values instead (no precision lost)
+        saved_state = state_dict["state"]
+        for saved_group, group in zip(state_dict["param_groups"], self.param_groups):
+            if group.get("state_dtype") != "float32":
+                continue
+            for saved_id, p in zip(saved_group["params"], group["params"]):
+                saved = saved_state.get(saved_id)
+                if p.dtype not in (torch.bfloat16, torch.float16) or not saved or \
+                        p not in self.state:
+                    continue
+                for key, value in saved.items():
+                    if key != "step" and torch.is_tensor(value) and \
+                            value.dtype == torch.float32 and value.shape == p.shape:
+                        self.state[p][key] = value.to(device=p.device, copy=True)
 
     # ------------------------------------------------------------- engine
     def _gd_layout(self):
@@ -262,7 +298,7 @@ class _GdcoreBackend:
                 if _unsupported(p):
                     fallback.append(p)
                     continue
-                view = _local(p).detach().numpy()
+                view = _numpy(_local(p).detach())
                 views.append(view)
                 self._gd_params.append(p)
                 self._gd_views.append(view)
@@ -270,7 +306,8 @@ class _GdcoreBackend:
             self._gd_static_fallback.append(fallback)
             if views:
                 engine_group = {"params": views}
-                engine_group.update({k: group[k] for k in engine_keys if k in group})
+                engine_group.update({k: group[k] for k in engine_keys + _STORAGE_KEYS
+                                     if k in group})
                 engine_groups.append(engine_group)
         engine = None
         if engine_groups:
@@ -300,7 +337,8 @@ class _GdcoreBackend:
         for name, value in state.items():
             if name == "step":
                 out["step"] = int(value.item() if torch.is_tensor(value) else value)
-            elif name in self._engine_class._state_arrays and value is not None:
+            elif (name in self._engine_class._state_arrays or name == "compensation") and \
+                    value is not None:
                 if _unsupported(value) and not _is_dtensor(value):
                     value = value.contiguous()
                     state[name] = value
@@ -313,7 +351,7 @@ class _GdcoreBackend:
                         shape=value.shape, stride=value.stride())
                 # (numpy() bases the array on an alias of the tensor: the
                 # memory stays alive whatever is done to `value`, set_ included)
-                out[name] = local.numpy()
+                out[name] = _numpy(local)
         return out
 
     # --------------------------------------------------------------- step
@@ -391,7 +429,7 @@ class _GdcoreBackend:
         if engine is not None:
             for engine_group, group in self._gd_pairs:
                 for key in engine_group:
-                    if key != "params":
+                    if key != "params" and key in group:   # (not gdcore's storage keys)
                         engine_group[key] = group[key]
             status = 0
             if self._gd_plain and self._gd_last_stepped is self._gd_all:
@@ -453,12 +491,12 @@ class _GdcoreBackend:
             if _is_dtensor(p) or _is_dtensor(g):
                 g = self._gd_local_grad(p, g, index)
             try:                                    # CPU, strided: a zero-copy view
-                view = g.numpy()
+                view = _numpy(g)
             except (TypeError, RuntimeError):
                 # a grad that requires grad, or a negative/conjugate view
                 # (read through a resolved copy)
                 view = None if g.is_sparse or g.device.type != "cpu" or \
-                    g.layout != torch.strided else g.detach().resolve_neg().resolve_conj().numpy()
+                    g.layout != torch.strided else _numpy(g.detach().resolve_neg().resolve_conj())
             if view is None:
                 if not self._gd_fallback:
                     what = ("a sparse grad" if g.is_sparse else
@@ -510,10 +548,12 @@ class _GdcoreBackend:
                             state["step"] = torch.tensor(float(value - 1),
                                                          dtype=_get_scalar_dtype())
                     elif name not in state or state[name] is None:
-                        state[name] = _state_tensor(p, value, name in self._gd_slot_names)
+                        state[name] = _state_tensor(p, value, name in self._gd_slot_names
+                                                    or name == "compensation")
             step = state.get("step")
             if step is not None:
-                if not (step.device.type == "cpu" and step.dtype in _DTYPES and step.numel() == 1
+                if not (step.device.type == "cpu" and step.dtype in (torch.float32, torch.float64)
+                        and step.numel() == 1
                         and step.layout == torch.strided and not step.requires_grad):
                     step = state["step"] = torch.tensor(float(step.item()),
                                                         dtype=_get_scalar_dtype())
@@ -607,7 +647,7 @@ def _state_tensor(p, array, per_element):
     per-element state of a DTensor param, a DTensor laid out as the param,
     as torch.optim makes it (scalar state, such as ASGD's eta, stays a plain
     tensor, as in torch)."""
-    local = torch.from_numpy(array)
+    local = _from_numpy(array)
     if per_element and _is_dtensor(p):
         return _DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
                                    shape=p.shape, stride=p.stride())
@@ -638,9 +678,25 @@ def _release_interrupts(caught):
         raise KeyboardInterrupt
 
 
+_STORAGE_KEYS = ("state_dtype", "rounding", "seed")
+
+
 def _make(name, torch_class, engine_class, doc):
-    def __init__(self, params, *args, fallback=False, **kwargs):
+    def __init__(self, params, *args, fallback=False, state_dtype=None, rounding="nearest",
+                 seed=0, **kwargs):
+        storage = {"state_dtype": _engines._state_dtype_name(state_dtype),
+                   "rounding": rounding, "seed": seed}
+        _engines._check_storage(storage)
         torch_class.__init__(self, params, *args, **kwargs)
+        # gdcore's storage options (16-bit params) that differ from the
+        # defaults join torch's defaults, so every group, later ones
+        # included, and the state dict carry them (with the defaults, the
+        # groups and state dicts are exactly torch's)
+        storage = {k: v for k, v in storage.items() if v != _engines._STORAGE_DEFAULTS[k]}
+        self.defaults.update(storage)
+        for group in self.param_groups:
+            for key, value in storage.items():
+                group.setdefault(key, value)
         self._gd_setup(fallback, self.defaults.get("differentiable", False))
 
     cls = type(name, (_GdcoreBackend, torch_class), {
@@ -651,11 +707,14 @@ def _make(name, torch_class, engine_class, doc):
 
 def _doc(name):
     return (f"torch.optim.{name} whose step() runs gdcore's {name} kernel on CPU "
-            "float32/float64 contiguous tensors, zero-copy.\n\n"
+            "float32/float64/bfloat16/float16 contiguous tensors, zero-copy.\n\n"
             f"Same constructor as torch.optim.{name}, plus keyword-only ``fallback`` "
             "(default False): step unsupported params (not CPU, not contiguous, not "
-            "float32/float64, sparse grads) with torch's own implementation instead of "
-            "raising.  See gdcore.torch for what is shared with torch.")
+            "floating, sparse grads) with torch's own implementation instead of "
+            "raising; and, for 16-bit params, ``state_dtype`` (None: the param's, as "
+            "torch; or torch.float32), ``rounding`` ('nearest' as torch, 'stochastic', "
+            "'kahan') and ``seed`` (see gdcore's README, \"16-bit params\").  See "
+            "gdcore.torch for what is shared with torch.")
 
 
 for _decl in FAMILY:

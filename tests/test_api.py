@@ -289,9 +289,14 @@ def test_signatures_are_torchs_and_the_stubs_list_them(name):
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     selectors = {"foreach", "fused", "capturable", "differentiable"}
     want = {k: v.default for k, v in theirs.items() if k not in selectors}
-    assert {k: v.default for k, v in ours.items()} == want
+    # gdcore's additions for 16-bit params, keyword-only, after torch's
+    storage = {"state_dtype": None, "rounding": "nearest", "seed": 0}
+    assert list(ours)[-len(storage):] == list(storage)
+    for k, default in storage.items():
+        assert ours[k].kind == inspect.Parameter.KEYWORD_ONLY and ours[k].default == default
+    assert {k: v.default for k, v in ours.items() if k not in storage} == want
     for k, v in ours.items():
-        if v.kind == inspect.Parameter.KEYWORD_ONLY:
+        if v.kind == inspect.Parameter.KEYWORD_ONLY and k not in storage:
             assert theirs[k].kind == inspect.Parameter.KEYWORD_ONLY or k == "maximize", k
     function = BY_NAME[name].function
     assert "lr" in inspect.signature(getattr(gdcore.functional, function)).parameters or \

@@ -338,8 +338,8 @@ def class_edit_cases(decl):
     yield "group params: c replaced by a", set_param(lambda ps: ps[0]), ValueError, P2_P0
     yield "group params: c replaced by a view of a", set_param(lambda ps: ps[0][:]), ValueError, \
         P2_P0
-    yield "group params: c replaced by float16", set_param(
-        lambda ps: np.ones(5, np.float16), lambda ps: np.ones(5, np.float16)), TypeError, \
+    yield "group params: c replaced by int32", set_param(
+        lambda ps: np.ones(5, np.int32), lambda ps: np.ones(5, np.int32)), TypeError, \
         r"params\[2\]"
     yield "group params: c replaced by read-only", set_param(lambda ps: readonly(ps[2])), \
         ValueError, r"params\[2\]"

@@ -143,13 +143,13 @@ def test_rejects_unsupported_params_naming_them():
     meta = torch.nn.Parameter(torch.empty(3, device="meta"))      # stands in for CUDA
     with pytest.raises(TypeError, match=r"params\[1\] is on device meta"):
         gt.Adam([torch.nn.Parameter(torch.ones(2)), meta])
-    half = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
-    with pytest.raises(TypeError, match="has dtype torch.float16"):
-        gt.SGD([half])
+    complex_param = torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="has dtype torch.complex64"):
+        gt.SGD([complex_param])
     strided = torch.ones(4, 4)[:, 1].requires_grad_()
     with pytest.raises(TypeError, match="is not contiguous"):
         gt.RMSprop([strided])
-    named = [("layer.weight", torch.nn.Parameter(torch.ones(2, dtype=torch.float16)))]
+    named = [("layer.weight", torch.nn.Parameter(torch.ones(2, dtype=torch.complex64)))]
     with pytest.raises(TypeError, match="'layer.weight'"):
         gt.Adam(named)
     with pytest.raises(ValueError, match="differentiable"):
@@ -203,7 +203,7 @@ def test_fallback_steps_unsupported_params_with_torch(name):
     torch.manual_seed(3)
     shapes = [(4, 3), (5,)]
     params = [torch.nn.Parameter(torch.randn(shapes[0])),
-              torch.nn.Parameter(torch.randn(shapes[1], dtype=torch.float64).to(torch.float16))]
+              torch.nn.Parameter(torch.randn(shapes[1], dtype=torch.complex64))]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
     ours = getattr(gt, name)(params, fallback=True, **config)
     theirs = getattr(torch.optim, name)(ref, **config)

@@ -21,7 +21,10 @@
  *   gd_buffer b = {param, grad, {exp_avg, exp_avg_sq, NULL}, n, step};
  *   gd->step(kernel, GD_FLOAT32, options, &b, 1);      // GIL not needed
  *
- * Version 1.0.
+ * 16-bit params (bfloat16, float16) go through step_format, which also
+ * says the state's element type and how the param is rounded.
+ *
+ * Version 2.0 (1.0 had no 16-bit types: gd_buffer grew two fields).
  */
 #ifndef GDCORE_CAPI_H
 #define GDCORE_CAPI_H
@@ -32,11 +35,32 @@
 extern "C" {
 #endif
 
-#define GDCORE_CAPI_MAJOR 1
+#define GDCORE_CAPI_MAJOR 2
 #define GDCORE_CAPI_MINOR 0
 #define GDCORE_CAPI_CAPSULE "gdcore._core._C_API"
 
-typedef enum gd_dtype { GD_FLOAT32 = 0, GD_FLOAT64 = 1 } gd_dtype;
+/* Element types.  bfloat16 and float16 are stored as IEEE bit patterns in
+ * 16 bits; the kernels compute with them in float32. */
+typedef enum gd_dtype { GD_FLOAT32 = 0, GD_FLOAT64 = 1, GD_BFLOAT16 = 2, GD_FLOAT16 = 3 } gd_dtype;
+
+/* How a 16-bit param is stored after its update (csrc/gd_half.h):
+ * to nearest even; stochastically (unbiased, random bits from
+ * (gd_format.seed, gd_buffer.stream, gd_buffer.step, element index)); or to
+ * nearest with the rounding error carried in gd_buffer.compensation (Kahan).
+ * float32 and float64 params take GD_ROUND_NEAREST (their results are
+ * computed in their own type). */
+typedef enum gd_rounding {
+    GD_ROUND_NEAREST = 0, GD_ROUND_STOCHASTIC = 1, GD_ROUND_KAHAN = 2
+} gd_rounding;
+
+/* The element types of a call and the param rounding: state is the param's
+ * type, or GD_FLOAT32 for 16-bit params. */
+typedef struct gd_format {
+    gd_dtype param;       /* params and grads                                 */
+    gd_dtype state;       /* state buffers                                    */
+    gd_rounding rounding;
+    uint64_t seed;        /* GD_ROUND_STOCHASTIC                              */
+} gd_format;
 
 typedef struct gd_buffer {
     void *param;          /* IN/OUT: n elements                               */
@@ -49,6 +73,10 @@ typedef struct gd_buffer {
                            * by the new values after it                       */
     int scalar_float64;   /* scalar state is float64 (else it is kept rounded
                            * to float32, torch's default scalar dtype)        */
+    void *compensation;   /* IN/OUT: GD_ROUND_KAHAN: n elements of the param's
+                           * type, what rounding dropped (starts at zero)      */
+    uint64_t stream;      /* GD_ROUND_STOCHASTIC: this buffer's random stream
+                           * (gdcore's classes: the param's position)         */
 } gd_buffer;
 
 typedef struct gdcore_capi {
@@ -73,6 +101,11 @@ typedef struct gdcore_capi {
     int (*kernel_index)(const char *name);
     void (*set_num_threads)(int n);
     int (*get_num_threads)(void);
+    /* Any element types (gd_format), grads times grad_multiplier.  Returns
+     * 0, or -1 for an unknown kernel, an invalid format, or a Kahan call
+     * with a buffer whose compensation is NULL. */
+    int (*step_format)(int kernel, const gd_format *format, const double *options,
+                       gd_buffer *buffers, int64_t count, double grad_multiplier);
 } gdcore_capi;
 
 #ifdef PY_VERSION_HEX
