@@ -52,6 +52,24 @@ static inline float gd_f32_from_bits(uint32_t u)
     return x;
 }
 
+/* mask: all ones where cond holds, else zero (selects without branches,
+ * which the vectorisers take where nested ?: can defeat them) */
+static inline uint32_t gd_mask(int cond)
+{
+    return 0u - (uint32_t)(cond != 0);
+}
+
+static inline uint32_t gd_select(uint32_t mask, uint32_t a, uint32_t b)
+{
+    return (a & mask) | (b & ~mask);
+}
+
+/* All ones where x is finite, zero where it is infinite or NaN. */
+static inline uint32_t gd_finite_mask(float x)
+{
+    return gd_mask((gd_f32_bits(x) & 0x7F800000u) != 0x7F800000u);
+}
+
 /* ------------------------------------------------------------ bfloat16 */
 static inline float gd_bf16_to_f32(uint16_t h)
 {
@@ -63,7 +81,7 @@ static inline uint16_t gd_f32_to_bf16_nearest(float x)
     uint32_t u = gd_f32_bits(x);
     uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     uint32_t nan = (u >> 16) | 0x0040u;
-    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+    return (uint16_t)gd_select(gd_mask((u & 0x7FFFFFFFu) > 0x7F800000u), nan, rounded);
 }
 
 /* random: 32 random bits (the top 16 are used). */
@@ -72,7 +90,7 @@ static inline uint16_t gd_f32_to_bf16_stochastic(float x, uint32_t random)
     uint32_t u = gd_f32_bits(x);
     uint32_t rounded = (u + (random >> 16)) >> 16;
     uint32_t nan = (u >> 16) | 0x0040u;
-    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+    return (uint16_t)gd_select(gd_mask((u & 0x7FFFFFFFu) > 0x7F800000u), nan, rounded);
 }
 
 /* ------------------------------------------------------------- float16 */
@@ -85,7 +103,8 @@ static inline float gd_f16_to_f32(uint16_t h)
     uint32_t normal = (rest << 13) + 0x38000000u;
     uint32_t special = (rest << 13) | 0x7F800000u;
     uint32_t tiny = gd_f32_bits((float)(int32_t)rest * 0x1p-24f);
-    uint32_t magnitude = rest >= 0x7C00u ? special : rest >= 0x0400u ? normal : tiny;
+    uint32_t magnitude = gd_select(gd_mask(rest >= 0x7C00u), special,
+                                   gd_select(gd_mask(rest >= 0x0400u), normal, tiny));
     return gd_f32_from_bits(sign | magnitude);
 }
 
@@ -105,9 +124,10 @@ static inline uint16_t gd_f32_to_f16_nearest(float x)
     uint32_t normal = ((a - 0x38000000u) + 0x0FFFu + ((a >> 13) & 1u)) >> 13;
     uint32_t tiny = gd_f16_tiny_nearest(gd_f32_from_bits(a));
     /* 0x477FF000 = 65520: from there on, nearest is infinity */
-    uint32_t magnitude = a > 0x7F800000u ? 0x7E00u | ((a >> 13) & 0x01FFu)
-                       : a >= 0x477FF000u ? 0x7C00u
-                       : a >= 0x38800000u ? normal : tiny;
+    uint32_t magnitude = gd_select(
+        gd_mask(a > 0x7F800000u), 0x7E00u | ((a >> 13) & 0x01FFu),
+        gd_select(gd_mask(a >= 0x477FF000u), 0x7C00u,
+                  gd_select(gd_mask(a >= 0x38800000u), normal, tiny)));
     return (uint16_t)(sign | magnitude);
 }
 
@@ -121,13 +141,17 @@ static inline uint16_t gd_f32_to_f16_stochastic(float x, uint32_t random)
     uint32_t normal = ((a - 0x38000000u) + (random >> 19)) >> 13;
     /* subnormal range: |x| in units of 2^-24, split into whole and fraction
      * (both exact), rounded up when the fraction exceeds a uniform draw */
-    float units = gd_f32_from_bits(a) * 0x1p24f;
-    uint32_t whole = (uint32_t)units;
+    /* (units < 2^10 where used; elsewhere clamped to keep the conversion
+     * defined: its result is not selected) */
+    float units = gd_f32_from_bits(a & gd_mask(a < 0x38800000u)) * 0x1p24f;
+    int32_t whole = (int32_t)units;
     float fraction = units - (float)whole;
-    uint32_t tiny = whole + (fraction > (float)(int32_t)(random >> 8) * 0x1p-24f);
-    uint32_t magnitude = a > 0x7F800000u ? 0x7E00u | ((a >> 13) & 0x01FFu)
-                       : a >= 0x47800000u ? 0x7C00u
-                       : a >= 0x38800000u ? normal : tiny;
+    float draw = (float)(int32_t)(random >> 8) * 0x1p-24f;
+    uint32_t tiny = (uint32_t)whole + (gd_mask(fraction > draw) & 1u);
+    uint32_t magnitude = gd_select(
+        gd_mask(a > 0x7F800000u), 0x7E00u | ((a >> 13) & 0x01FFu),
+        gd_select(gd_mask(a >= 0x47800000u), 0x7C00u,
+                  gd_select(gd_mask(a >= 0x38800000u), normal, tiny)));
     return (uint16_t)(sign | magnitude);
 }
 

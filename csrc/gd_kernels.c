@@ -188,7 +188,9 @@
 /* gd_staged.inc: any optimizer's float32 span run over blocks of GD_STAGE
  * elements widened from 16 bits (20 KiB of float32 scratch per thread: param,
  * grad and three states, in L1), once per instruction set. */
+#ifndef GD_STAGE
 #define GD_STAGE 1024
+#endif
 
 typedef struct gd_staged {
     gd_span_fn inner;       /* the optimizer's float32 span, this process's ISA */
