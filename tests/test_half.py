@@ -447,3 +447,13 @@ def test_state_dict_round_trip_keeps_dtypes_and_compensation():
     opt.step([g])
     other.step([g])
     assert np.array_equal(p.view(np.uint16), q.view(np.uint16))
+
+
+def test_training_example_runs(tmp_path):
+    """`python -m bench.half_train` (the training-level comparison in
+    README) runs end to end, shortened; every variant reports."""
+    pytest.importorskip("sklearn")
+    from bench import half_train
+    half_train.main(["--steps", "40", "--no-plot", "--out", str(tmp_path)])
+    table = (tmp_path / "half_train.md").read_text()
+    assert table.count("\n| ") == 1 + len(half_train.VARIANTS), table
