@@ -826,8 +826,13 @@ cdef list _stream_values(object streams, Py_ssize_t n, object index, bint single
         raise TypeError(f"streams must be a list of ints, not {type(streams).__name__}")
     if len(streams) != n:
         raise ValueError(f"got {len(streams)} streams for {n} params")
-    return [seed_value(streams[i], "stream" if single else f"streams[{i}]")
-            for i in range(n)]
+    cdef list out = list(streams)
+    cdef Py_ssize_t i
+    for i in range(n):
+        x = out[i]
+        if type(x) is not int or x < 0 or x > _MAX_SEED:     # (else: no Python call)
+            out[i] = seed_value(x, "stream" if single else f"streams[{i}]")
+    return out
 
 
 cdef list _as_list(object seq, str name):
@@ -852,8 +857,13 @@ def run(Spec spec, bint single, params, grads, tuple states, tuple scalars, step
     cdef bint used[_MAX_SLOTS]
     values = spec.defaults if not hyper else dict(spec.defaults, **hyper)
     _fill_options(spec, values, options, used)
-    cdef gd_rounding rounding_code_ = rounding_code(rounding)
-    cdef uint64_t seed_ = seed_value(seed)
+    # (the defaults without a Python call: per-call overhead)
+    cdef gd_rounding rounding_code_ = GD_ROUND_NEAREST
+    if not (type(rounding) is str and <str>rounding == "nearest"):
+        rounding_code_ = rounding_code(rounding)
+    cdef uint64_t seed_ = 0
+    if not (type(seed) is int and seed == 0):
+        seed_ = seed_value(seed)
     if compensations is not None:
         compensations = [compensations] if single else _as_list(compensations,
                                                                 "compensations")
