@@ -1833,6 +1833,12 @@ cdef class Plan:
                         return False
                     self.group_values[g] = _group_values(group, spec.keys)
                     break
+            # a plan holds float32/float64 params only, which take rounding
+            # "nearest": another mode set since goes to the general path,
+            # which refuses it by name
+            rounding = group.get("rounding")
+            if rounding is not None and rounding != "nearest":
+                return False
             if not buffers:
                 continue
             for k in range(self.group_start[g], self.group_start[g + 1]):

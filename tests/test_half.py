@@ -457,3 +457,19 @@ def test_training_example_runs(tmp_path):
     half_train.main(["--steps", "40", "--no-plot", "--out", str(tmp_path)])
     table = (tmp_path / "half_train.md").read_text()
     assert table.count("\n| ") == 1 + len(half_train.VARIANTS), table
+
+
+def test_rounding_set_after_the_plan_is_refused_as_by_the_general_path():
+    """A float32 optimizer whose plan is cached, then given rounding="kahan"
+    in its group: the step is refused by name, as the general path refuses
+    it, and nothing changes (the plan does not step it to nearest)."""
+    p = np.ones(8, np.float32)
+    opt = gdcore.Adam([p], lr=1e-2)
+    for _ in range(3):
+        opt.step([np.ones(8, np.float32)])
+    assert opt._plan is not None
+    before = p.copy()
+    opt.param_groups[0]["rounding"] = "kahan"
+    with pytest.raises(ValueError, match=r"params\[0\] has dtype float32"):
+        opt.step([np.ones(8, np.float32)])
+    assert np.array_equal(p, before)
