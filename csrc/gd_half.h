@@ -21,8 +21,10 @@
  *               dropped fraction with 24 random bits (bias below 2^-24 ulp);
  *   Kahan       (gd_kernels.c) nearest, plus the residual kept in a second
  *               16-bit buffer and added back before the next update.
- * NaN stays NaN (quiet, sign kept), infinities stay infinite; values past
- * the largest finite 16-bit value round to infinity as IEEE rounding does.
+ * NaN stays NaN (bfloat16: the canonical 0x7FC0, as torch; float16: quiet,
+ * sign and leading payload kept, as F16C's vcvtps2ph), infinities stay
+ * infinite; values past the largest finite 16-bit value round to infinity
+ * as IEEE rounding does.
  *
  * Random bits: gd_random_bits(key, i) is a hash of the element index under a
  * 32-bit key; gd_stream_key derives the key from (seed, stream, step, the
@@ -76,12 +78,28 @@ static inline float gd_bf16_to_f32(uint16_t h)
     return gd_f32_from_bits((uint32_t)h << 16);
 }
 
+/* NaN becomes bfloat16's canonical quiet NaN 0x7FC0, as in torch (c10's
+ * round_to_nearest_even and its vectorised conversions): a float compare
+ * and a select on a constant, which vectorise to two instructions where
+ * keeping the NaN's sign and payload took five. */
+#define GD_BF16_NAN 0x7FC0u
+
 static inline uint16_t gd_f32_to_bf16_nearest(float x)
 {
     uint32_t u = gd_f32_bits(x);
     uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    uint32_t nan = (u >> 16) | 0x0040u;
-    return (uint16_t)gd_select(gd_mask((u & 0x7FFFFFFFu) > 0x7F800000u), nan, rounded);
+    return (uint16_t)(x != x ? GD_BF16_NAN : rounded);
+}
+
+/* The same bits with the NaN select written as masks: for loops that do
+ * more per element (Kahan's residual), where GCC's if-conversion gives up
+ * on the ?: form and leaves the loop scalar; the ?: form is the faster one
+ * where it vectorises. */
+static inline uint16_t gd_f32_to_bf16_nearest_masked(float x)
+{
+    uint32_t u = gd_f32_bits(x);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)gd_select(gd_mask(x != x), GD_BF16_NAN, rounded);
 }
 
 /* random: 32 random bits (the top 16 are used). */
@@ -89,8 +107,7 @@ static inline uint16_t gd_f32_to_bf16_stochastic(float x, uint32_t random)
 {
     uint32_t u = gd_f32_bits(x);
     uint32_t rounded = (u + (random >> 16)) >> 16;
-    uint32_t nan = (u >> 16) | 0x0040u;
-    return (uint16_t)gd_select(gd_mask((u & 0x7FFFFFFFu) > 0x7F800000u), nan, rounded);
+    return (uint16_t)(x != x ? GD_BF16_NAN : rounded);
 }
 
 /* ------------------------------------------------------------- float16 */

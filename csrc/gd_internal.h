@@ -25,6 +25,15 @@
 #define GD_CLONES
 #endif
 
+/* A function a translation unit may leave unused (the per-step scalar
+ * functions of some kernel bodies, used by gd_kernels.c's entry points but
+ * not by gd_kernels16.c's spans). */
+#if defined(__GNUC__) || defined(__clang__)
+#define GD_MAYBE_UNUSED __attribute__((unused))
+#else
+#define GD_MAYBE_UNUSED
+#endif
+
 /* Work split granularity: a thread's share of a buffer starts at a multiple
  * of this many elements (a whole number of 64-byte lines for both dtypes). */
 #define GD_SPLIT_ALIGN 64
@@ -32,6 +41,10 @@
 /* Updates elements [begin, end) of one buffer. */
 typedef void (*gd_span_fn)(const void *options, const gd_buffer *buffer,
                            int64_t begin, int64_t end);
+
+/* The spans of every kernel for bfloat16 grads (gd_kernels16.c):
+ * [kernel][state][isa], state 0 bfloat16, 1 float32; isa as gd_isa_level(). */
+extern const gd_span_fn gd_spans16[][2][3];
 
 /* Runs span over every element of every buffer, serially below the parallel
  * threshold, else split evenly over the threads by total element count. */

@@ -28,21 +28,7 @@
 #include <stddef.h>
 
 /* ------------------------------------- one element per pack (scalar body) */
-#define V T
-#define GD_W 1
-#define GD_MASK_T int
-#define GD_FULL 1
-#define GD_TAIL_MASK(k) 1
-#define GD_LOAD(ptr, mask) (*(ptr))
-#define GD_STORE(ptr, value, mask) (*(ptr) = (value))
-#define GD_MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
-#define GD_GT(a, b) ((a) > (b))
-#define GD_LT(a, b) ((a) < (b))
-#define GD_EQ(a, b) ((a) == (b))
-#define GD_BLEND(m, a, b) ((m) ? (a) : (b))
-#define GD_SQRT_FAST(x) GD_SQRT(x)
-#define GD_SPLIT_PERIOD 1
-#define GD_SPLIT_FAST 0
+#include "gd_scalar.h"
 
 #define T float
 #define GD_SQRT(x) sqrtf(x)
@@ -193,18 +179,23 @@
 #endif
 
 typedef struct gd_staged {
+    gd_span_fn fused;       /* its 16-bit span (gd_kernels16.c), or NULL: */
     gd_span_fn inner;       /* the optimizer's float32 span, this process's ISA */
     const void *options;
     double multiplier;
     gd_format format;
 } gd_staged;
 
+#define GD_F16C 0
 #define GD_TARGET
 #define GD_NAME(x) x##_base
 #include "gd_staged.inc"
 #undef GD_NAME
 #undef GD_TARGET
+#undef GD_F16C
 #if GD_HAVE_X86_DISPATCH
+#include <immintrin.h>
+#define GD_F16C 1
 #define GD_TARGET __attribute__((target("arch=x86-64-v3")))
 #define GD_NAME(x) x##_v3
 #include "gd_staged.inc"
@@ -215,6 +206,7 @@ typedef struct gd_staged {
 #include "gd_staged.inc"
 #undef GD_NAME
 #undef GD_TARGET
+#undef GD_F16C
 static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_v3, staged_span_v4};
 #else
 static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_base,
@@ -301,7 +293,16 @@ static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
             gd_run_scaled(spans[format->param != GD_FLOAT32][isa], format->param, \
                           options, multiplier, buffers, count);               \
         } else {                                                              \
-            gd_staged staged = {spans[0][isa], options, multiplier, *format}; \
+            /* bfloat16: the fused span; float16, and bfloat16 with a grad \
+             * multiplier: the float32 span of the per-element body         \
+             * (x86-64-v3 on AVX-512 CPUs, whose explicit packs take        \
+             * another square root), which computes every element as the   \
+             * fused span does */                                           \
+            const int fused = multiplier == 1.0 && format->param == GD_BFLOAT16; \
+            gd_staged staged = {fused ? gd_spans16[index][format->state == GD_FLOAT32][isa] \
+                                      : NULL,                                 \
+                                spans[0][isa < 2 ? isa : 1], options, multiplier, \
+                                *format};                                     \
             gd_run(gd_staged_spans[isa], &staged, buffers, count);            \
         }                                                                     \
         GD_ADVANCE_##nscalars(opt, options, buffers, count)                   \

@@ -1529,6 +1529,8 @@ cdef class Plan:
     cdef _Span *spans               # every written buffer, sorted
     cdef list params, states, arrays, entries, ids
     cdef int *typenums              # [count]: each param's dtype, as planned
+    cdef int *state_typenums        # [count]: its state buffers' dtype (the param's, or
+                                    # float32 for a 16-bit param)
     cdef int64_t *shapes            # [count * _MAX_DIMS]: each param's shape (run_torch)
     cdef int *ndims                 # [count]: each param's number of dims, or -1 (> _MAX_DIMS)
     cdef bint long_shape            # some param has more than _MAX_DIMS dims (run_torch: 0)
@@ -1546,6 +1548,7 @@ cdef class Plan:
         free(self.scalar_ptrs)
         free(self.spans)
         free(self.typenums)
+        free(self.state_typenums)
         free(self.shapes)
         free(self.ndims)
         free(self.array_ptrs)
@@ -1578,6 +1581,7 @@ cdef class Plan:
         plan.sizes = <int64_t *>malloc((total + 1) * sizeof(int64_t))
         plan.scalar_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
         plan.typenums = <int *>malloc((total + 1) * sizeof(int))
+        plan.state_typenums = <int *>malloc((total + 1) * sizeof(int))
         plan.shapes = <int64_t *>malloc((total * _MAX_DIMS + 1) * sizeof(int64_t))
         plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
@@ -1585,6 +1589,7 @@ cdef class Plan:
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
                 plan.spans == NULL or plan.sizes == NULL or plan.identity == NULL or
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
+                plan.state_typenums == NULL or
                 plan.shapes == NULL or plan.ndims == NULL or
                 plan.array_ptrs == NULL):
             raise MemoryError()
@@ -1618,10 +1623,10 @@ cdef class Plan:
                 # checks this group's buffers; plan.spans is scratch here
                 _gather_written(spec, params, slots, scalars, index, False, staged + start,
                                 staged_ptrs, plan.spans, formats)
-                for i in range(len(params)):
-                    if formats[i] >= 2:
-                        # (16-bit params: the general path, every step)
-                        raise TypeError(f"params[{flat + i}] is 16-bit; no plan")
+                rounding = group.get("rounding")
+                if rounding is not None and rounding != "nearest":
+                    # (stochastic and Kahan rounding: the general path, every step)
+                    raise TypeError(f"param_groups[{g}] rounds {rounding!r}; no plan")
                 plan.group_start[g] = start
                 _partition(len(params), formats, staged + start, plan.buffers + start,
                            plan.member + start, &plan.group_fstart[g * (_NFORMATS + 1)])
@@ -1640,6 +1645,8 @@ cdef class Plan:
                     arrays = tuple(states[i][name] for name in in_use)
                     plan.arrays.append(arrays)
                     plan.typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>params[i])
+                    plan.state_typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) \
+                        if len(arrays) > spec.nscalars else plan.typenums[k]
                     _store_shape(<cnp.ndarray>params[i], &plan.ndims[k],
                                  &plan.shapes[k * _MAX_DIMS])
                     plan.long_shape = plan.long_shape or plan.ndims[k] < 0
@@ -1767,7 +1774,8 @@ cdef class Plan:
         for k in range(n):
             if not self._described_as_param(grads[self.position[k]], k, &d, &numel):
                 return 0
-            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else 8
+            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else \
+                8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2
             lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
             hi = lo + <uintptr_t>(numel * itemsize)
             if lo % <uintptr_t>itemsize != 0 or \
@@ -1833,9 +1841,9 @@ cdef class Plan:
                         return False
                     self.group_values[g] = _group_values(group, spec.keys)
                     break
-            # a plan holds float32/float64 params only, which take rounding
-            # "nearest": another mode set since goes to the general path,
-            # which refuses it by name
+            # a plan rounds 16-bit params to nearest: another mode set
+            # since goes to the general path (which refuses it by name for
+            # float32/float64 params)
             rounding = group.get("rounding")
             if rounding is not None and rounding != "nearest":
                 return False
@@ -1863,7 +1871,7 @@ cdef class Plan:
                     if st.get(names[s]) is not a:
                         return False
                     if s < nbuffers:
-                        if not _as_planned(a, p, typenum,
+                        if not _as_planned(a, p, self.state_typenums[k],
                                            self.array_ptrs[_ARRAYS_PER_BUFFER * k + s], False):
                             return False
                     elif not _as_planned(a, p, cnp.NPY_FLOAT64 if self.buffers[k].scalar_float64

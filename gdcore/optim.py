@@ -327,6 +327,9 @@ class Optimizer:
 
     def _build_plan(self):
         """After a general step: cache a plan once every param has state."""
+        if any(group.get("rounding", "nearest") != "nearest" for group in self.param_groups):
+            self._plan = None           # stochastic, Kahan: the general path, every step
+            return
         if len(self.state) == sum(len(group["params"]) for group in self.param_groups):
             try:
                 self._plan = _core.Plan.build(self._spec, self.param_groups, self.state._by_id)

@@ -42,7 +42,8 @@ CSRC = os.path.join(ROOT, "csrc")
 CAPI = os.path.join(ROOT, "gdcore", "include")
 RUNNER = os.path.join(ROOT, "tests", "c", "kernel_runner.c")
 SOURCES = [RUNNER] + [os.path.join(CSRC, f) for f in
-                      ("gd_kernels.c", "gd_runtime.c", "gd_stream.c", "gd_norm.c")]
+                      ("gd_kernels.c", "gd_kernels16.c", "gd_runtime.c", "gd_stream.c",
+                       "gd_norm.c")]
 FLAGS = ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off", "-pthread",
          "-I", CSRC, "-I", CAPI]
 CROSS_CC = "aarch64-linux-gnu-gcc"

@@ -76,6 +76,30 @@ def test_nearest_is_numpys_rounding_bitwise(dtype, n):
         assert ulps_apart(p, want).max(initial=0) == 0, (lr, p[:20], want[:20])
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "kahan"])
+def test_bfloat16_nan_is_stored_as_the_canonical_quiet_nan(rounding):
+    """A NaN result becomes 0x7FC0 whatever its sign and payload (as torch
+    rounds float32 to bfloat16), in the param and in the state, on every
+    path; float16 NaNs stay quiet NaNs with their sign."""
+    n = 100
+    nans = np.array([0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FFF, 0xFFFF, 0x7FC1], np.uint16)
+    g = np.ones(n, BF16)
+    g.view(np.uint16)[::7][: len(nans)] = nans
+    is_nan = np.isnan(g.astype(np.float32))
+    for multiplier in (1.0, 0.5):               # the fused path, the widening path
+        p = np.zeros(n, BF16)
+        opt = gdcore.Adam([p], rounding=rounding)
+        opt._general_step([g], multiplier)
+        state = opt.state[p]
+        for out in (p, state["exp_avg"], state["exp_avg_sq"]):
+            assert (out.view(np.uint16)[is_nan] == 0x7FC0).all(), out.view(np.uint16)[is_nan]
+            assert not np.isnan(out[~is_nan].astype(np.float32)).any()
+    h = np.full(n, np.float16(-np.nan))
+    q = np.zeros(n, np.float16)
+    F.sgd(q, h, lr=1.0)
+    assert np.isnan(q).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("n", SIZES + [70, 4099])
 def test_stochastic_is_the_counter_based_model_bitwise(dtype, n):
@@ -207,6 +231,50 @@ def _check_one_optimizer(name, config, dtype, state_dtype, rounding):
 def test_every_optimizer_against_the_float64_reference(name, dtype, state_dtype, rounding):
     for config in CONFIGS[name]:
         _check_one_optimizer(name, config, dtype, state_dtype, rounding)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("state_dtype", [None, "float32"], ids=["state16", "state32"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_grad_multiplier_path_equals_the_fused_path_bitwise(name, dtype, state_dtype,
+                                                             rounding):
+    """A 16-bit step runs the fused span (grads and state converted in the
+    optimizer's loop) unless the grads are multiplied on the way in (AMP's
+    1 / scale, a folded clip: gdcore.torch), which widens them into float32
+    blocks and runs the float32 span.  Both compute each element with the
+    same float32 operations: stepping with grads g and multiplier 0.5 equals
+    stepping with grads 0.5 g (exact in 16 bits for these values) and no
+    multiplier, bit for bit, params and state, over 3 steps, for every
+    option configuration and sizes around the staging block."""
+    for config in CONFIGS[name]:
+        sizes = (1500, 33, 7)
+        runs = []
+        for multiplier in (1.0, 0.5):
+            params = [problem(n, dtype, 200 + n) for n in sizes]
+            opt = getattr(gdcore, name)(params, **config, state_dtype=state_dtype,
+                                        rounding=rounding, seed=9)
+            rng = np.random.default_rng(3)
+            for _ in range(3):
+                grads = [problem(n, dtype, int(rng.integers(1 << 30))) for n in sizes]
+                for g in grads:                 # halving float16 subnormals rounds
+                    g[np.abs(g.astype(np.float32)) < 2.0**-12] = 2.0**-12
+                with np.errstate(all="ignore"):
+                    if multiplier == 1.0:
+                        opt.step([(g.astype(np.float32) * 0.5).astype(dtype) for g in grads])
+                    else:
+                        opt._general_step(grads, multiplier)
+            runs.append([(p.copy(), {k: np.array(v, copy=True) for k, v in opt.state[p].items()})
+                         for p in params])
+        for (p1, s1), (p2, s2) in zip(*runs):
+            what = f"{name}[{config_id(config)}]"
+            np.testing.assert_array_equal(p1.view(np.uint16), p2.view(np.uint16), err_msg=what)
+            assert s1.keys() == s2.keys()
+            for key in s1:
+                a, b = s1[key], s2[key]
+                if a.dtype.itemsize == 2:
+                    a, b = a.view(np.uint16), b.view(np.uint16)
+                np.testing.assert_array_equal(a, b, err_msg=f"{what} {key}")
 
 
 # ------------------------------------------ torch's fused 16-bit kernels
@@ -473,3 +541,75 @@ def test_rounding_set_after_the_plan_is_refused_as_by_the_general_path():
     with pytest.raises(ValueError, match=r"params\[0\] has dtype float32"):
         opt.step([np.ones(8, np.float32)])
     assert np.array_equal(p, before)
+
+
+# ------------------------------------------- the cached plan, 16-bit params
+
+@pytest.mark.parametrize("state_dtype", [None, "float32"], ids=["state16", "state32"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_plan_steps_16bit_params_as_the_general_path_does(dtype, state_dtype):
+    """Rounding to nearest, 16-bit params are stepped by the cached plan
+    from the second step on (per-call cost as float32's), bit for bit as
+    the general path steps them; stochastic and Kahan rounding keep to the
+    general path."""
+    sizes = (300, 5, 1)
+    runs = []
+    for cached in (True, False):
+        params = [problem(n, dtype, 40 + n) for n in sizes]
+        opt = gdcore.Adam(params, lr=1e-2, amsgrad=True, state_dtype=state_dtype)
+        rng = np.random.default_rng(1)
+        for t in range(4):
+            grads = [problem(n, dtype, int(rng.integers(1 << 30))) for n in sizes]
+            grads[1] = None if t == 2 else grads[1]         # a skipped param
+            if cached:
+                opt.step(grads)
+                assert opt._plan is not None    # (built after the first step)
+            else:
+                opt._general_step(grads)
+        runs.append([(p.view(np.uint16).copy(),
+                      {k: np.array(v, copy=True) for k, v in opt.state[p].items()})
+                     for p in params])
+    for (p1, s1), (p2, s2) in zip(*runs):
+        assert np.array_equal(p1, p2)
+        for key in s1:
+            a, b = np.asarray(s1[key]), np.asarray(s2[key])
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
+    for rounding in ("stochastic", "kahan"):
+        q = problem(10, dtype, 3)
+        opt = gdcore.Adam([q], rounding=rounding)
+        opt.step([problem(10, dtype, 4)])
+        opt.step([problem(10, dtype, 5)])
+        assert opt._plan is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_plan_refuses_what_the_general_path_refuses_16bit(dtype):
+    """With a plan cached for 16-bit params: a grad of another dtype or
+    shape, a state buffer replaced by one of another dtype, are refused by
+    name (as by the general path), and nothing changes."""
+    p = problem(64, dtype, 1)
+    opt = gdcore.Adam([p], lr=1e-2)
+    for t in range(2):
+        opt.step([problem(64, dtype, 2 + t)])
+    assert opt._plan is not None
+    before = (p.view(np.uint16).copy(), opt.state[p]["exp_avg"].view(np.uint16).copy(),
+              opt.state[p]["step"])
+    bad = [([problem(64, np.float32, 5)], TypeError, r"grads\[0\] has dtype float32"),
+           ([problem(63, dtype, 5)], ValueError, r"grads\[0\] has shape \(63,\)")]
+    for grads, exc, fragment in bad:
+        with pytest.raises(exc, match=fragment):
+            opt.step(grads)
+        assert np.array_equal(p.view(np.uint16), before[0])
+        assert np.array_equal(opt.state[p]["exp_avg"].view(np.uint16), before[1])
+        assert opt.state[p]["step"] == before[2]
+    # float32 exp_avg beside a 16-bit exp_avg_sq: the general path refuses
+    opt.state[p]["exp_avg"] = opt.state[p]["exp_avg"].astype(np.float32)
+    with pytest.raises(TypeError, match="share one dtype"):
+        opt.step([problem(64, dtype, 6)])
+    assert np.array_equal(p.view(np.uint16), before[0])
+    # both float32: a valid layout, stepped (with float32 state from here on)
+    opt.state[p]["exp_avg_sq"] = opt.state[p]["exp_avg_sq"].astype(np.float32)
+    opt.step([problem(64, dtype, 7)])
+    assert opt.state[p]["exp_avg"].dtype == np.float32 and opt.state[p]["step"] == 3
+    opt.step([problem(64, dtype, 8)])
+    assert opt._plan is not None and opt.state[p]["step"] == 4

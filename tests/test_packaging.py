@@ -32,7 +32,8 @@ def test_sdist_holds_sources_and_no_build_outputs(sdist):
     for needed in ["setup.py", "pyproject.toml", "README.md", "gdcore/_core.pyx",
                    "gdcore/_csrc.pxd", "gdcore/family.py", "gdcore/torch.py",
                    "csrc/gdcore.h", "csrc/gd_avx512.h", "csrc/gd_dlpack.h",
-                   "csrc/gd_kernels.c", "csrc/gd_runtime.c", "csrc/optimizers/adam.inc",
+                   "csrc/gd_kernels.c", "csrc/gd_kernels16.c", "csrc/gd_scalar.h",
+                   "csrc/gd_kernels16_isa.inc", "csrc/gd_runtime.c", "csrc/optimizers/adam.inc",
                    "gdcore/include/gdcore_capi.h", "gdcore/capi.pxd"]:
         assert needed in names, f"the sdist lacks {needed}"
     for generated in ["gdcore/_core.c", "csrc/gd_family.h", "csrc/gd_family.inc"]:

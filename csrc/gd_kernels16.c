@@ -1,0 +1,84 @@
+/*
+ * gd_kernels16.c: every optimizer's body (gd_optimizers.inc) instantiated
+ * for bfloat16 grads, with state in bfloat16 or in float32, once per
+ * instruction set.
+ *
+ * Design note.  A 16-bit step computes in float32.  gd_staged.inc keeps the
+ * param in a float32 block (widened from 16 bits, plus the Kahan
+ * compensation, and narrowed back with the call's rounding afterwards); the
+ * spans here run the optimizer's own body over that block with the grad and
+ * state read and written where they are, converted in registers inside the
+ * body's vector loop (gd_scalar.h: loads and stores by pointer type), the
+ * state narrowed to nearest.  A step reads and writes each grad and state
+ * element once, with no float32 copy in between, and the math of an
+ * optimizer still exists once.
+ *
+ * Only bfloat16 is fused: its conversions are a shift one way and an add,
+ * a shift and a NaN select the other, which the vectorisers handle well.
+ * float16's exact conversions in C are three times longer (the exponent is
+ * rebiased, subnormals and overflow are their own cases) and made a fused
+ * float16 Adam 2.5x slower than gd_staged.inc's widening path, whose
+ * separate conversion loops use F16C's one-instruction conversions on
+ * x86-64-v3 and v4.
+ *
+ * Formats (gd_spans16's middle index): 0 bfloat16 state, 1 float32 state.
+ * Instruction sets: baseline, and on x86-64 x86-64-v3 (AVX2) and x86-64-v4
+ * (AVX-512), all from the per-element body, vectorised by the compiler (the
+ * explicit AVX-512 packs of gd_kernels.c are float32/float64 only).  Every
+ * one computes an element with the same float32 operations in the same
+ * order as the per-element float32 body (gd_kernels.c's baseline and v3
+ * builds), so the fused spans and the widening path agree bit for bit.
+ * Only the first eight option combinations of each kernel get loops of
+ * their own (GD_FEW_VARIANTS: a third of the compile time).
+ */
+#include "gd_internal.h"
+#include "gd_half.h"
+
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+
+#define T float
+#define GD_SQRT(x) sqrtf(x)
+#define GD_ABS(x) fabsf(x)
+#define GD_GRAD_T uint16_t
+#define GD_FEW_VARIANTS
+#define GD_STATE_T GD_STATE_T_
+#define GD_WIDEN16(h) GD_WIDEN16_(h)
+#define GD_NARROW16(x) GD_NARROW16_(x)
+#include "gd_scalar.h"
+
+#define GD_CAT_(a, b) a##b
+#define GD_CAT(a, b) GD_CAT_(a, b)
+
+/* One format (GD_FMT: its name suffix; GD_STATE_T_, GD_WIDEN16_, GD_NARROW16_
+ * defined) for every instruction set. */
+#define GD_EACH_ISA_ "gd_kernels16_isa.inc"
+
+#define GD_FMT bf16
+#define GD_STATE_T_ uint16_t
+#define GD_WIDEN16_(h) gd_bf16_to_f32(h)
+#define GD_NARROW16_(x) gd_f32_to_bf16_nearest(x)
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+
+#define GD_FMT bf16s32
+#define GD_STATE_T_ float
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+#undef GD_WIDEN16_
+#undef GD_NARROW16_
+
+/* gd_spans16[kernel][format][isa] */
+#define GD_SPAN16(opt, fmt, isa) GD_CAT(GD_CAT(opt##_span_, fmt), isa)
+#if GD_HAVE_X86_DISPATCH
+#define GD_ISAS16(opt, fmt) \
+    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _v3), GD_SPAN16(opt, fmt, _v4)}
+#else
+#define GD_ISAS16(opt, fmt) \
+    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base)}
+#endif
+#define GD_ROW16(opt, index, nscalars) {GD_ISAS16(opt, bf16), GD_ISAS16(opt, bf16s32)},
+const gd_span_fn gd_spans16[GD_KERNEL_COUNT][2][3] = {GD_FAMILY(GD_ROW16)};
