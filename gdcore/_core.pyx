@@ -1516,6 +1516,10 @@ cdef class Plan:
     cdef list group_params      # each group's "params" list object, as planned
     cdef list group_values      # each group's hyperparameter objects, as last checked
     cdef list group_slots       # the state names each group's step uses
+    cdef list group_storage     # each group's "rounding" and "seed" objects, as planned
+    cdef gd_rounding *group_rounding    # [ngroups]: how its 16-bit params are stored
+    cdef uint64_t *group_seed           # [ngroups]: its stochastic rounding seed
+    cdef list comps             # [count]: each buffer's Kahan compensation array, or None
     cdef Py_ssize_t ngroups, count, nspans
     cdef Py_ssize_t *group_start    # [ngroups + 1]: group g is buffers[start[g]:start[g+1]]
     cdef Py_ssize_t *group_fstart   # per group: _NFORMATS + 1 format starts (see _Batch)
@@ -1539,6 +1543,8 @@ cdef class Plan:
     def __dealloc__(self):
         free(self.group_start)
         free(self.group_fstart)
+        free(self.group_rounding)
+        free(self.group_seed)
         free(self.position)
         free(self.member)
         free(self.identity)
@@ -1565,7 +1571,7 @@ cdef class Plan:
         plan.groups, plan.group_params, plan.group_values = [], [], []
         plan.params, plan.states, plan.arrays = [], [], []
         plan.entries, plan.ids = [], []
-        plan.group_slots = []
+        plan.group_slots, plan.group_storage, plan.comps = [], [], []
         for group in param_groups:
             total += len(group["params"])
         plan.ngroups, plan.count = ngroups, total
@@ -1573,6 +1579,8 @@ cdef class Plan:
         plan.group_fstart = <Py_ssize_t *>malloc((ngroups + 1) * (_NFORMATS + 1) *
                                                  sizeof(Py_ssize_t))
         plan.options = <double *>malloc((ngroups + 1) * _MAX_OPTIONS * sizeof(double))
+        plan.group_rounding = <gd_rounding *>malloc((ngroups + 1) * sizeof(gd_rounding))
+        plan.group_seed = <uint64_t *>malloc((ngroups + 1) * sizeof(uint64_t))
         plan.buffers = <gd_buffer *>malloc((2 * total + 1) * sizeof(gd_buffer))
         plan.position = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
         plan.member = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
@@ -1586,6 +1594,7 @@ cdef class Plan:
         plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
         if (plan.group_start == NULL or plan.group_fstart == NULL or plan.options == NULL or
+                plan.group_rounding == NULL or plan.group_seed == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
                 plan.spans == NULL or plan.sizes == NULL or plan.identity == NULL or
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
@@ -1612,21 +1621,36 @@ cdef class Plan:
                     if entry is None or any(name not in entry[1] for name in in_use):
                         return None
                     states.append(entry[1])
+                # how 16-bit params are stored: as the general path reads it
+                rounding_obj, seed_obj = group.get("rounding"), group.get("seed")
+                rounding = rounding_code("nearest" if rounding_obj is None else rounding_obj)
+                plan.group_rounding[g] = rounding
+                plan.group_seed[g] = seed_value(0 if seed_obj is None else seed_obj)
+                comps = None
+                if rounding != GD_ROUND_NEAREST:
+                    if any(_is_wide(q) for q in params):
+                        # (refused by name by the general path, every step)
+                        raise TypeError(f"param_groups[{g}] rounds float32/float64 params; "
+                                        "no plan")
+                    if rounding == GD_ROUND_STOCHASTIC and not spec.counts_steps:
+                        # (SGD counts its stochastic steps in the general path)
+                        raise TypeError("SGD with stochastic rounding; no plan")
+                    if rounding == GD_ROUND_KAHAN:
+                        if any("compensation" not in st for st in states):
+                            return None
+                        comps = [st["compensation"] for st in states]
                 plan.groups.append(group)
                 plan.group_params.append(group["params"])
                 plan.group_values.append(_group_values(group, spec.keys))
                 plan.group_slots.append(in_use)
+                plan.group_storage.append((rounding_obj, seed_obj))
                 slots = tuple([[st[spec.slot_names[s]] for st in states] if used[s] else None
                                for s in range(spec.nslots)])
                 scalars = tuple([[st[name] for st in states] for name in spec.scalar_names])
                 index = list(range(flat, flat + len(params)))
                 # checks this group's buffers; plan.spans is scratch here
                 _gather_written(spec, params, slots, scalars, index, False, staged + start,
-                                staged_ptrs, plan.spans, formats)
-                rounding = group.get("rounding")
-                if rounding is not None and rounding != "nearest":
-                    # (stochastic and Kahan rounding: the general path, every step)
-                    raise TypeError(f"param_groups[{g}] rounds {rounding!r}; no plan")
+                                staged_ptrs, plan.spans, formats, comps)
                 plan.group_start[g] = start
                 _partition(len(params), formats, staged + start, plan.buffers + start,
                            plan.member + start, &plan.group_fstart[g * (_NFORMATS + 1)])
@@ -1642,6 +1666,7 @@ cdef class Plan:
                     plan.states.append(states[i])
                     plan.ids.append(id(params[i]))
                     plan.entries.append(state_by_id[id(params[i])])
+                    plan.comps.append(None if comps is None else comps[i])
                     arrays = tuple(states[i][name] for name in in_use)
                     plan.arrays.append(arrays)
                     plan.typenums[k] = cnp.PyArray_TYPE(<cnp.ndarray>params[i])
@@ -1665,6 +1690,9 @@ cdef class Plan:
             _add_span(plan.spans, &nspans, p, plan.position[k], -1)
             for a in plan.arrays[k]:
                 _add_span(plan.spans, &nspans, <cnp.ndarray>a, plan.position[k], 0)
+            if plan.comps[k] is not None:
+                _add_span(plan.spans, &nspans, <cnp.ndarray>plan.comps[k], plan.position[k],
+                          _COMP_SLOT)
         qsort(plan.spans, nspans, sizeof(_Span), _span_cmp)
         for k in range(1, nspans):
             if plan.spans[k].lo < plan.spans[k - 1].hi:
@@ -1841,11 +1869,11 @@ cdef class Plan:
                         return False
                     self.group_values[g] = _group_values(group, spec.keys)
                     break
-            # a plan rounds 16-bit params to nearest: another mode set
-            # since goes to the general path (which refuses it by name for
-            # float32/float64 params)
-            rounding = group.get("rounding")
-            if rounding is not None and rounding != "nearest":
+            # how 16-bit params are stored, as planned: another rounding or
+            # seed goes to the general path (which checks it, refuses a mode
+            # for float32/float64 params by name, and plans anew)
+            storage = <tuple>self.group_storage[g]
+            if group.get("rounding") is not storage[0] or group.get("seed") is not storage[1]:
                 return False
             if not buffers:
                 continue
@@ -1862,6 +1890,12 @@ cdef class Plan:
                 typenum = self.typenums[k]
                 if not _as_planned(p, p, typenum, self.buffers[k].param, False) or \
                         cnp.PyArray_SIZE(p) != self.sizes[k]:
+                    return False
+                comp = self.comps[k]
+                if comp is not None and (
+                        st.get("compensation") is not comp or
+                        not _as_planned(<cnp.ndarray>comp, p, typenum,
+                                        self.buffers[k].compensation, False)):
                     return False
                 names = <tuple>self.group_slots[g]
                 arrays = <tuple>self.arrays[k]
@@ -1911,8 +1945,8 @@ cdef class Plan:
                 k = self.group_start[g]
                 o = &self.options[g * _MAX_OPTIONS]
                 _run_formats(spec.kernel, o, self.buffers + k,
-                             &self.group_fstart[g * (_NFORMATS + 1)], GD_ROUND_NEAREST, 0,
-                             grad_multiplier)
+                             &self.group_fstart[g * (_NFORMATS + 1)], self.group_rounding[g],
+                             self.group_seed[g], grad_multiplier)
         if spec.nscalars:
             _store_scalars(self.buffers, self.identity, self.scalar_ptrs, n, spec.nscalars)
         if counters is not None:

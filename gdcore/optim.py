@@ -327,8 +327,9 @@ class Optimizer:
 
     def _build_plan(self):
         """After a general step: cache a plan once every param has state."""
-        if any(group.get("rounding", "nearest") != "nearest" for group in self.param_groups):
-            self._plan = None           # stochastic, Kahan: the general path, every step
+        if not self._counts_steps and any(group.get("rounding") == "stochastic"
+                                          for group in self.param_groups):
+            self._plan = None           # SGD counts stochastic steps in the general path
             return
         if len(self.state) == sum(len(group["params"]) for group in self.param_groups):
             try:

@@ -545,25 +545,35 @@ def test_rounding_set_after_the_plan_is_refused_as_by_the_general_path():
 
 # ------------------------------------------- the cached plan, 16-bit params
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("state_dtype", [None, "float32"], ids=["state16", "state32"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_plan_steps_16bit_params_as_the_general_path_does(dtype, state_dtype):
-    """Rounding to nearest, 16-bit params are stepped by the cached plan
-    from the second step on (per-call cost as float32's), bit for bit as
-    the general path steps them; stochastic and Kahan rounding keep to the
-    general path."""
-    sizes = (300, 5, 1)
+@pytest.mark.parametrize("name,config", [("Adam", dict(lr=1e-2, amsgrad=True)),
+                                         ("SGD", dict(lr=1e-2, momentum=0.9)),
+                                         ("NAdam", dict(lr=1e-2))])
+def test_plan_steps_16bit_params_as_the_general_path_does(name, config, dtype, state_dtype,
+                                                          rounding):
+    """16-bit params are stepped by the cached plan from the second step on
+    (per-call cost as float32's), bit for bit as the general path steps
+    them, in every rounding mode (the plan keeps each group's rounding and
+    seed, and the Kahan compensations), with two groups of different seeds
+    and a param skipped in one step.  SGD with stochastic rounding counts
+    its steps in the general path, and has no plan."""
+    sizes = (300, 5, 1, 70)
     runs = []
     for cached in (True, False):
         params = [problem(n, dtype, 40 + n) for n in sizes]
-        opt = gdcore.Adam(params, lr=1e-2, amsgrad=True, state_dtype=state_dtype)
+        groups = [dict(params=params[:2]), dict(params=params[2:], seed=77)]
+        opt = getattr(gdcore, name)(groups, **config, state_dtype=state_dtype,
+                                    rounding=rounding, seed=5)
         rng = np.random.default_rng(1)
         for t in range(4):
             grads = [problem(n, dtype, int(rng.integers(1 << 30))) for n in sizes]
             grads[1] = None if t == 2 else grads[1]         # a skipped param
             if cached:
                 opt.step(grads)
-                assert opt._plan is not None    # (built after the first step)
+                planned = not (name == "SGD" and rounding == "stochastic")
+                assert (opt._plan is not None) == planned
             else:
                 opt._general_step(grads)
         runs.append([(p.view(np.uint16).copy(),
@@ -571,15 +581,45 @@ def test_plan_steps_16bit_params_as_the_general_path_does(dtype, state_dtype):
                      for p in params])
     for (p1, s1), (p2, s2) in zip(*runs):
         assert np.array_equal(p1, p2)
+        assert s1.keys() == s2.keys()
         for key in s1:
             a, b = np.asarray(s1[key]), np.asarray(s2[key])
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
-    for rounding in ("stochastic", "kahan"):
-        q = problem(10, dtype, 3)
-        opt = gdcore.Adam([q], rounding=rounding)
-        opt.step([problem(10, dtype, 4)])
-        opt.step([problem(10, dtype, 5)])
-        assert opt._plan is None
+
+
+def test_plan_follows_a_changed_seed_and_rounding():
+    """A group's seed or rounding changed after the plan was cached is what
+    the next step uses (the plan gives way to the general path, which plans
+    anew): equal to an optimizer built with the new values from the start."""
+    results = []
+    for change in (True, False):
+        p = problem(500, BF16, 8)
+        opt = gdcore.Adam([p], lr=1e-2, rounding="stochastic" if change else "kahan",
+                          seed=1 if change else 2)
+        g = [problem(500, BF16, 9 + t) for t in range(4)]
+        if change:
+            opt.step([g[0]])
+            opt.step([g[1]])
+            assert opt._plan is not None
+            opt.param_groups[0]["seed"] = 2
+            opt.param_groups[0]["rounding"] = "kahan"
+            opt.state[p]["compensation"] = np.zeros(500, BF16)
+            before = p.copy()
+        else:
+            # the same two first steps with stochastic rounding and seed 1
+            ref = gdcore.Adam([p], lr=1e-2, rounding="stochastic", seed=1)
+            ref.step([g[0]])
+            ref.step([g[1]])
+            opt.state[p] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                            for k, v in ref.state[p].items()}
+            opt.state[p]["compensation"] = np.zeros(500, BF16)
+        opt.step([g[2]])
+        opt.step([g[3]])
+        assert opt._plan is not None
+        results.append(p.view(np.uint16).copy())
+        if change:
+            assert not np.array_equal(p.view(np.uint16), before.view(np.uint16))
+    assert np.array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
