@@ -4,7 +4,8 @@ x86-64-v4, x86-64-v3 and baseline kernels included), and a subset of the
 suite runs against that build in a subprocess: the Adam family in float32
 against the float64 reference and torch at every size and option, every
 optimizer's bitwise agreement across thread counts and call forms (both
-dtypes), the public API, the C API and the 16-bit params tests.
+dtypes), the public API, the C API, and 16-bit params' rounding (bit for bit
+against the NumPy model), fused and widening paths and cached plans.
 
 Skipped, saying so, where no clang >= 14 is installed (``apt-get install
 clang-14``; .ci/run installs it, so CI runs this)."""
@@ -19,10 +20,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (test files, -k): the oracle tests of Adam in float32 (every size, every
-# option), and all of the consistency, API, C API and 16-bit tests
+# option), all of the consistency, API and C API tests, and the bitwise and
+# plan tests of 16-bit params
 SUBSET = [(["tests/test_oracles.py"], "Adam and float32"),
-          (["tests/test_consistency.py", "tests/test_api.py", "tests/test_embedding.py",
-            "tests/test_half.py"], None)]
+          (["tests/test_consistency.py", "tests/test_api.py", "tests/test_embedding.py"], None),
+          (["tests/test_half.py"], "bitwise or plan or nan")]
 
 
 def _clang():
