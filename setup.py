@@ -60,7 +60,9 @@ def _compile_in_parallel(compiler):
     kernel files take most of the build; setuptools compiles them one after
     the other).  GDCORE_BUILD_JOBS sets the number of compilers."""
     jobs = int(os.environ.get("GDCORE_BUILD_JOBS", "0")) or os.cpu_count() or 1
-    if jobs < 2 or not hasattr(compiler, "_setup_compile"):
+    # (unix compilers only: they compile one object per _compile call;
+    # MSVC's compile() does its own work and has no such method)
+    if jobs < 2 or compiler.compiler_type != "unix":
         return
     from concurrent.futures import ThreadPoolExecutor
 

@@ -84,11 +84,16 @@ static inline float gd_bf16_to_f32(uint16_t h)
  * keeping the NaN's sign and payload took five. */
 #define GD_BF16_NAN 0x7FC0u
 
-static inline uint16_t gd_f32_to_bf16_nearest(float x)
+/* The bfloat16 bits of non-NaN x rounded to nearest, ties to even. */
+static inline uint32_t gd_bf16_nearest_bits(float x)
 {
     uint32_t u = gd_f32_bits(x);
-    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)(x != x ? GD_BF16_NAN : rounded);
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+static inline uint16_t gd_f32_to_bf16_nearest(float x)
+{
+    return (uint16_t)(x != x ? GD_BF16_NAN : gd_bf16_nearest_bits(x));
 }
 
 /* The same bits with the NaN select written as masks: for loops that do
@@ -97,9 +102,7 @@ static inline uint16_t gd_f32_to_bf16_nearest(float x)
  * where it vectorises. */
 static inline uint16_t gd_f32_to_bf16_nearest_masked(float x)
 {
-    uint32_t u = gd_f32_bits(x);
-    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)gd_select(gd_mask(x != x), GD_BF16_NAN, rounded);
+    return (uint16_t)gd_select(gd_mask(x != x), GD_BF16_NAN, gd_bf16_nearest_bits(x));
 }
 
 /* random: 32 random bits (the top 16 are used). */

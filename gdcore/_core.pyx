@@ -1625,7 +1625,10 @@ cdef class Plan:
                 rounding_obj, seed_obj = group.get("rounding"), group.get("seed")
                 rounding = rounding_code("nearest" if rounding_obj is None else rounding_obj)
                 plan.group_rounding[g] = rounding
-                plan.group_seed[g] = seed_value(0 if seed_obj is None else seed_obj)
+                # an int seed is read once; another object (its __index__) each
+                # step, in _settled, as the general path reads it
+                plan.group_seed[g] = 0 if seed_obj is None else \
+                    seed_value(seed_obj) if type(seed_obj) is int else 0
                 comps = None
                 if rounding != GD_ROUND_NEAREST:
                     if any(_is_wide(q) for q in params):
@@ -1875,6 +1878,8 @@ cdef class Plan:
             storage = <tuple>self.group_storage[g]
             if group.get("rounding") is not storage[0] or group.get("seed") is not storage[1]:
                 return False
+            if storage[1] is not None and type(storage[1]) is not int:
+                self.group_seed[g] = seed_value(storage[1])
             if not buffers:
                 continue
             for k in range(self.group_start[g], self.group_start[g + 1]):

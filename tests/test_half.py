@@ -622,6 +622,32 @@ def test_plan_follows_a_changed_seed_and_rounding():
     assert np.array_equal(results[0], results[1])
 
 
+def test_plan_reads_a_seed_object_each_step_as_the_general_path():
+    """A group's seed given as an object with __index__ is read at every
+    step by the plan as by the general path: changing what it returns
+    between steps changes the bits alike."""
+    class Seed:
+        def __init__(self, value):
+            self.value = value
+
+        def __index__(self):
+            return self.value
+
+    results = []
+    for cached in (True, False):
+        p = problem(300, BF16, 12)
+        seed = Seed(3)
+        opt = gdcore.Adam([p], lr=1e-2, rounding="stochastic")
+        opt.param_groups[0]["seed"] = seed
+        for t in range(4):
+            seed.value = 3 + 1000 * t
+            g = [problem(300, BF16, 20 + t)]
+            opt.step(g) if cached else opt._general_step(g)
+        assert (opt._plan is not None) == cached
+        results.append(p.view(np.uint16).copy())
+    assert np.array_equal(results[0], results[1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_plan_refuses_what_the_general_path_refuses_16bit(dtype):
     """With a plan cached for 16-bit params: a grad of another dtype or
