@@ -1,10 +1,16 @@
 import itertools
+import os
 
 import numpy as np
 import pytest
 
 import gdcore
 from gdcore.family import BY_NAME, FAMILY  # noqa: F401
+
+# test_clang.py runs tests against an installed build: they must import it
+_EXPECTED = os.environ.get("GDCORE_TESTS_EXPECT_INSTALL")
+if _EXPECTED and not gdcore.__file__.startswith(_EXPECTED):
+    raise RuntimeError(f"the tests import {gdcore.__file__}, not the build in {_EXPECTED}")
 
 DTYPES = [np.float32, np.float64]
 
@@ -66,3 +72,13 @@ def threads():
     before = gdcore.get_num_threads()
     yield gdcore.set_num_threads
     gdcore.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sdist_install(tmp_path_factory):
+    """gdcore's sdist, pip installed into a fresh virtual environment (with
+    clang when installed): one build from source for test_packaging.py and
+    test_clang.py (see sdist_build.py)."""
+    pytest.importorskip("build")
+    from sdist_build import build_and_install
+    return build_and_install(tmp_path_factory.mktemp("sdist"))
