@@ -57,7 +57,7 @@ def case(n, rounds, batch, seed=0):
         steps["torch fused"] = topt.step
     except ImportError:                 # pragma: no cover
         pass
-    if impls.deepspeed_available():
+    if impls.deepspeed_available()[0]:
         try:
             steps["DeepSpeed"] = _deepspeed_bf16(start, grad)
         except Exception:               # pragma: no cover - reported as absent
