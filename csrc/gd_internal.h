@@ -43,8 +43,10 @@ typedef void (*gd_span_fn)(const void *options, const gd_buffer *buffer,
                            int64_t begin, int64_t end);
 
 /* The spans of every kernel for bfloat16 grads (gd_kernels16.c):
- * [kernel][state][isa], state 0 bfloat16, 1 float32; isa as gd_isa_level(). */
-extern const gd_span_fn gd_spans16[][2][3];
+ * [kernel][format][isa]; format 2 * in_place + (state is float32): the
+ * param a float32 block of gd_staged.inc (0, 1) or the bfloat16 param itself,
+ * rounded to nearest (2, 3); isa as gd_isa_level(). */
+extern const gd_span_fn gd_spans16[][4][3];
 
 /* Runs span over every element of every buffer, serially below the parallel
  * threshold, else split evenly over the threads by total element count. */

@@ -293,17 +293,22 @@ static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
             gd_run_scaled(spans[format->param != GD_FLOAT32][isa], format->param, \
                           options, multiplier, buffers, count);               \
         } else {                                                              \
-            /* bfloat16: the fused span; float16, and bfloat16 with a grad \
-             * multiplier: the float32 span of the per-element body         \
-             * (x86-64-v3 on AVX-512 CPUs, whose explicit packs take        \
-             * another square root), which computes every element as the   \
-             * fused span does */                                           \
+            /* bfloat16: the fused span, on the param itself when rounding \
+             * to nearest; float16, and bfloat16 with a grad multiplier:    \
+             * the float32 span of the per-element body (x86-64-v3 on       \
+             * AVX-512 CPUs, whose explicit packs take another square      \
+             * root), which computes every element as the fused span does  \
+             */                                                           \
             const int fused = multiplier == 1.0 && format->param == GD_BFLOAT16; \
-            gd_staged staged = {fused ? gd_spans16[index][format->state == GD_FLOAT32][isa] \
-                                      : NULL,                                 \
-                                spans[0][isa < 2 ? isa : 1], options, multiplier, \
-                                *format};                                     \
-            gd_run(gd_staged_spans[isa], &staged, buffers, count);            \
+            const int state32 = format->state == GD_FLOAT32;                  \
+            if (fused && format->rounding == GD_ROUND_NEAREST) {             \
+                gd_run(gd_spans16[index][2 + state32][isa], options, buffers, count); \
+            } else {                                                          \
+                gd_staged staged = {fused ? gd_spans16[index][state32][isa] : NULL, \
+                                    spans[0][isa < 2 ? isa : 1], options, multiplier, \
+                                    *format};                                 \
+                gd_run(gd_staged_spans[isa], &staged, buffers, count);        \
+            }                                                                 \
         }                                                                     \
         GD_ADVANCE_##nscalars(opt, options, buffers, count)                   \
     }                                                                         \

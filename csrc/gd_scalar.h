@@ -36,7 +36,11 @@
 #define GD_SQRT_FAST(x) GD_SQRT(x)
 #define GD_SPLIT_PERIOD 1
 #define GD_SPLIT_FAST 0
-/* grads and state in the element type, unless a 16-bit build says otherwise */
+/* params, grads and state in the element type, unless a 16-bit build says
+ * otherwise */
+#ifndef GD_PARAM_T
+#define GD_PARAM_T T
+#endif
 #ifndef GD_GRAD_T
 #define GD_GRAD_T T
 #endif
