@@ -43,6 +43,10 @@
 #include <math.h>
 #include <stddef.h>
 
+#if GD_HAVE_X86_DISPATCH
+#include "gd_avx2_16.h"
+#endif
+
 #define T float
 #define GD_SQRT(x) sqrtf(x)
 #define GD_ABS(x) fabsf(x)
