@@ -28,8 +28,10 @@
  * place, rounded to nearest (bfloat16 Adam at 1M elements, Zen 3: 1.32 ns
  * per element against 1.67 staged; with float32 state 0.87).
  * Instruction sets: baseline, and on x86-64 x86-64-v3 (AVX2) and x86-64-v4
- * (AVX-512), all from the per-element body, vectorised by the compiler (the
- * explicit AVX-512 packs of gd_kernels.c are float32/float64 only).  Every
+ * (AVX-512), all from the same body: baseline and v4 with one element per
+ * pack, vectorised by the compiler (the explicit AVX-512 packs of
+ * gd_kernels.c are float32/float64 only); v3 with the explicit 8-lane packs
+ * of gd_avx2_16.h, whose bfloat16 loads and stores are shuffles.  Every
  * one computes an element with the same float32 operations in the same
  * order as the per-element float32 body (gd_kernels.c's baseline and v3
  * builds), so the fused spans and the widening path agree bit for bit.
