@@ -113,7 +113,7 @@ extensions = [
         include_dirs=["csrc", "gdcore/include", numpy.get_include()],
         depends=["csrc/gdcore.h", "gdcore/include/gdcore_capi.h", "csrc/gd_dlpack.h", "csrc/gd_internal.h", "csrc/gd_optimizers.inc",
                  "csrc/gd_half.h", "csrc/gd_staged.inc", "csrc/gd_scalar.h",
-                 "csrc/gd_kernels16_isa.inc", "csrc/gd_avx2_16.h",
+                 "csrc/gd_kernels16_isa.inc", "csrc/gd_avx2_16.h", "csrc/gd_avx512_16.h",
                  "csrc/gd_avx512.h", "csrc/gd_family.h", "csrc/gd_family.inc",
                  "gdcore/_csrc.pxd", "gdcore/family.py"]
                 + sorted(os.path.join("csrc", "optimizers", f)

@@ -43,22 +43,33 @@ typedef void (*gd_span_fn)(const void *options, const gd_buffer *buffer,
                            int64_t begin, int64_t end);
 
 /* The spans of every kernel for bfloat16 grads (gd_kernels16.c):
- * [kernel][format][isa]; format 2 * in_place + (state is float32): the
- * param a float32 block of gd_staged.inc (0, 1) or the bfloat16 param itself,
- * rounded to nearest (2, 3); isa as gd_isa_level(). */
-extern const gd_span_fn gd_spans16[][4][3];
+ * [kernel][format][isa], isa as gd_isa_level(), format + (state is float32)
+ * with format: GD_STAGED16 the param a float32 block of gd_staged.inc;
+ * the bfloat16 param itself, updated in place and rounded: GD_INPLACE16 +
+ * 2 * rounding (gd_rounding: nearest, stochastic, Kahan).  Stochastic and
+ * Kahan in place exist on the AVX-512 builds only (NULL elsewhere). */
+enum { GD_STAGED16 = 0, GD_INPLACE16 = 2, GD_FORMATS16 = 8 };
+extern const gd_span_fn gd_spans16[][GD_FORMATS16][4];
 
 /* Runs span over every element of every buffer, serially below the parallel
  * threshold, else split evenly over the threads by total element count. */
 void gd_run(gd_span_fn span, const void *options, const gd_buffer *buffers,
             int64_t count);
 
-/* Instruction set of the optimizer kernels in this process. */
-enum { GD_ISA_BASELINE = 0, GD_ISA_X86_64_V3 = 1, GD_ISA_X86_64_V4 = 2 };
+/* Instruction set of the optimizer kernels in this process.  x86-64-v4 with
+ * AVX512-BF16 differs from x86-64-v4 only in the bfloat16 spans (they
+ * narrow with vcvtneps2bf16); every other table repeats its v4 entry. */
+enum {
+    GD_ISA_BASELINE = 0,
+    GD_ISA_X86_64_V3 = 1,
+    GD_ISA_X86_64_V4 = 2,
+    GD_ISA_X86_64_V4_BF16 = 3,
+    GD_ISA_COUNT = 4
+};
 
 /* The best level the CPU supports, or the lower one the environment
- * variable GDCORE_ISA names ("x86-64-v4", "x86-64-v3", "baseline"), read
- * once when the library loads. */
+ * variable GDCORE_ISA names ("x86-64-v4-bf16", "x86-64-v4", "x86-64-v3",
+ * "baseline"), read once when the library loads. */
 int gd_isa_level(void);
 
 /* A per-param scalar as the buffer stores it: float32-rounded unless the

@@ -207,17 +207,52 @@ typedef struct gd_staged {
 #undef GD_NAME
 #undef GD_TARGET
 #undef GD_F16C
-static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_v3, staged_span_v4};
+static const gd_span_fn gd_staged_spans[GD_ISA_COUNT] = {staged_span_base, staged_span_v3,
+                                                         staged_span_v4, staged_span_v4};
 #else
-static const gd_span_fn gd_staged_spans[3] = {staged_span_base, staged_span_base,
-                                              staged_span_base};
+static const gd_span_fn gd_staged_spans[GD_ISA_COUNT] = {staged_span_base, staged_span_base,
+                                                         staged_span_base, staged_span_base};
+#endif
+
+/* ------------------ 16-bit params: stochastic and Kahan rounding in place --
+ * gd_kernels16.c's AVX-512 spans that round the bfloat16 param stochastically
+ * or with Kahan compensation where it lies read the element's index, the
+ * random key and the compensation from the running thread's
+ * gd_inplace_param (gd_avx512_16.h): this span sets it, one run per 2^32
+ * elements of the buffer (one key each, as gd_staged.inc), and calls them. */
+#if GD_HAVE_X86_DISPATCH
+#include "gd_avx512_16.h"
+
+typedef struct gd_inplace {
+    gd_span_fn span;        /* the in-place span (gd_spans16)             */
+    const void *options;
+    uint64_t seed;
+} gd_inplace;
+
+static void gd_inplace_span(const void *opt, const gd_buffer *b, int64_t begin, int64_t end)
+{
+    const gd_inplace *call = (const gd_inplace *)opt;
+    gd_inplace_param.origin = (const uint16_t *)b->param;
+    gd_inplace_param.compensation = (const uint16_t *)b->compensation;
+    for (int64_t at = begin; at < end;) {
+        const uint64_t high = (uint64_t)at >> 32;
+        const int64_t stop = (int64_t)((high + 1) << 32) < end ? (int64_t)((high + 1) << 32) : end;
+        gd_inplace_param.key = gd_stream_key(call->seed, b->stream, b->step, high);
+        call->span(call->options, b, at, stop);
+        at = stop;
+    }
+}
 #endif
 
 /* ----------------------------------------------------- entry points -- */
 #if GD_HAVE_X86_DISPATCH
-#define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_v3, opt##_span_##dt##_v4}
+#define GD_SPANS(opt, dt)                                                     \
+    {opt##_span_##dt##_base, opt##_span_##dt##_v3, opt##_span_##dt##_v4,     \
+     opt##_span_##dt##_v4}
 #else
-#define GD_SPANS(opt, dt) {opt##_span_##dt##_base, opt##_span_##dt##_base, opt##_span_##dt##_base}
+#define GD_SPANS(opt, dt)                                                     \
+    {opt##_span_##dt##_base, opt##_span_##dt##_base, opt##_span_##dt##_base, \
+     opt##_span_##dt##_base}
 #endif
 
 /* After the elements: the new per-param scalars (kernels that keep some
@@ -280,13 +315,23 @@ static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
            count);
 }
 
+#if GD_HAVE_X86_DISPATCH
+#define GD_RUN_IN_PLACE(span_, options_, seed_, buffers_, count_)             \
+    do {                                                                      \
+        gd_inplace call_ = {(span_), (options_), (seed_)};                    \
+        gd_run(gd_inplace_span, &call_, (buffers_), (count_));                \
+    } while (0)
+#else
+#define GD_RUN_IN_PLACE(span_, options_, seed_, buffers_, count_) ((void)0)
+#endif
+
 #define GD_ENTRY(opt, index, nscalars)                                         \
     static void gd_##opt##_format(const gd_format *format,                    \
                                   const gd_##opt##_options *options,          \
                                   gd_buffer *buffers, int64_t count,          \
                                   double multiplier)                          \
     {                                                                         \
-        static const gd_span_fn spans[2][3] = {GD_SPANS(opt, f32),            \
+        static const gd_span_fn spans[2][GD_ISA_COUNT] = {GD_SPANS(opt, f32),            \
                                                GD_SPANS(opt, f64)};           \
         const int isa = gd_isa_level();                                       \
         if (format->param == GD_FLOAT32 || format->param == GD_FLOAT64) {     \
@@ -301,10 +346,17 @@ static void gd_run_scaled(gd_span_fn span, gd_dtype dtype, const void *options,
              */                                                           \
             const int fused = multiplier == 1.0 && format->param == GD_BFLOAT16; \
             const int state32 = format->state == GD_FLOAT32;                  \
-            if (fused && format->rounding == GD_ROUND_NEAREST) {             \
-                gd_run(gd_spans16[index][2 + state32][isa], options, buffers, count); \
+            const gd_span_fn in_place =                                       \
+                fused ? gd_spans16[index][GD_INPLACE16 + 2 * (int)format->rounding + \
+                                          state32][isa]                       \
+                      : NULL;                                                 \
+            if (in_place != NULL && format->rounding == GD_ROUND_NEAREST) {   \
+                gd_run(in_place, options, buffers, count);                    \
+            } else if (in_place != NULL) {                                    \
+                GD_RUN_IN_PLACE(in_place, options, format->seed, buffers, count); \
             } else {                                                          \
-                gd_staged staged = {fused ? gd_spans16[index][state32][isa] : NULL, \
+                gd_staged staged = {fused ? gd_spans16[index][GD_STAGED16 + state32][isa] \
+                                          : NULL,                             \
                                     spans[0][isa < 2 ? isa : 1], options, multiplier, \
                                     *format};                                 \
                 gd_run(gd_staged_spans[isa], &staged, buffers, count);        \

@@ -47,6 +47,7 @@
 
 #if GD_HAVE_X86_DISPATCH
 #include "gd_avx2_16.h"
+#include "gd_avx512_16.h"
 #endif
 
 #define T float
@@ -98,18 +99,57 @@
 #undef GD_FMT
 #undef GD_STATE_T_
 #undef GD_PARAM_T_
+
+#if GD_HAVE_X86_DISPATCH
+/* the bfloat16 param read and written in place, rounded stochastically or
+ * with Kahan compensation (AVX-512 builds only; see gd_avx512_16.h) */
+_Thread_local gd_inplace_ctx gd_inplace_param;
+#define GD_ONLY_V4
+#define GD_PARAM_T_ gd_bf16_stochastic
+#define GD_FMT bf16sr
+#define GD_STATE_T_ uint16_t
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+#define GD_FMT bf16srs32
+#define GD_STATE_T_ float
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+#undef GD_PARAM_T_
+#define GD_PARAM_T_ gd_bf16_kahan
+#define GD_FMT bf16k
+#define GD_STATE_T_ uint16_t
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+#define GD_FMT bf16ks32
+#define GD_STATE_T_ float
+#include GD_EACH_ISA_
+#undef GD_FMT
+#undef GD_STATE_T_
+#undef GD_PARAM_T_
+#undef GD_ONLY_V4
+#endif
 #undef GD_WIDEN16_
 #undef GD_NARROW16_
 
 /* gd_spans16[kernel][format][isa] */
 #define GD_SPAN16(opt, fmt, isa) GD_CAT(GD_CAT(opt##_span_, fmt), isa)
 #if GD_HAVE_X86_DISPATCH
-#define GD_ISAS16(opt, fmt) \
-    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _v3), GD_SPAN16(opt, fmt, _v4)}
+#define GD_ISAS16(opt, fmt)                                                   \
+    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _v3), GD_SPAN16(opt, fmt, _v4), \
+     GD_SPAN16(opt, fmt, _v4bf16)}
+#define GD_V4_ISAS16(opt, fmt)                                                \
+    {NULL, NULL, GD_SPAN16(opt, fmt, _v4), GD_SPAN16(opt, fmt, _v4bf16)}
 #else
-#define GD_ISAS16(opt, fmt) \
-    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base)}
+#define GD_ISAS16(opt, fmt)                                                   \
+    {GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base), GD_SPAN16(opt, fmt, _base), \
+     GD_SPAN16(opt, fmt, _base)}
+#define GD_V4_ISAS16(opt, fmt) {NULL, NULL, NULL, NULL}
 #endif
-#define GD_ROW16(opt, index, nscalars) {GD_ISAS16(opt, bf16), GD_ISAS16(opt, bf16s32), \
-                                        GD_ISAS16(opt, bf16p), GD_ISAS16(opt, bf16ps32)},
-const gd_span_fn gd_spans16[GD_KERNEL_COUNT][4][3] = {GD_FAMILY(GD_ROW16)};
+#define GD_ROW16(opt, index, nscalars)                                        \
+    {GD_ISAS16(opt, bf16), GD_ISAS16(opt, bf16s32), GD_ISAS16(opt, bf16p),     \
+     GD_ISAS16(opt, bf16ps32), GD_V4_ISAS16(opt, bf16sr), GD_V4_ISAS16(opt, bf16srs32), \
+     GD_V4_ISAS16(opt, bf16k), GD_V4_ISAS16(opt, bf16ks32)},
+const gd_span_fn gd_spans16[GD_KERNEL_COUNT][GD_FORMATS16][GD_ISA_COUNT] = {GD_FAMILY(GD_ROW16)};

@@ -64,6 +64,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if GD_HAVE_X86_DISPATCH
+#include <cpuid.h>
+#endif
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -528,6 +531,21 @@ double gd_pow_step(double base, int64_t step)
 
 static int gd_isa = -1;
 
+#if GD_HAVE_X86_DISPATCH
+/* AVX512-BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5 (neither GCC 12's nor
+ * clang 14's __builtin_cpu_supports names it alike); the OS's saving of the
+ * AVX-512 state is checked by the x86-64-v4 test that comes first. */
+static int gd_cpu_has_avx512_bf16(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || eax < 1)
+        return 0;
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (eax >> 5) & 1;
+}
+#endif
+
 static int gd_isa_supported(void)
 {
 #if GD_HAVE_X86_DISPATCH
@@ -540,12 +558,12 @@ static int gd_isa_supported(void)
     if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512cd"))
-        return GD_ISA_X86_64_V4;
+        return gd_cpu_has_avx512_bf16() ? GD_ISA_X86_64_V4_BF16 : GD_ISA_X86_64_V4;
     if (v3)
         return GD_ISA_X86_64_V3;
 #else
     if (__builtin_cpu_supports("x86-64-v4"))
-        return GD_ISA_X86_64_V4;
+        return gd_cpu_has_avx512_bf16() ? GD_ISA_X86_64_V4_BF16 : GD_ISA_X86_64_V4;
     if (__builtin_cpu_supports("x86-64-v3"))
         return GD_ISA_X86_64_V3;
 #endif
@@ -563,10 +581,11 @@ static void gd_isa_init(void)
     int level = gd_isa_supported();
     const char *want = getenv("GDCORE_ISA");
     if (want != NULL) {
-        int asked = !strcmp(want, "baseline")    ? GD_ISA_BASELINE
-                    : !strcmp(want, "x86-64-v3") ? GD_ISA_X86_64_V3
-                    : !strcmp(want, "x86-64-v4") ? GD_ISA_X86_64_V4
-                                                 : level;
+        int asked = !strcmp(want, "baseline")         ? GD_ISA_BASELINE
+                    : !strcmp(want, "x86-64-v3")      ? GD_ISA_X86_64_V3
+                    : !strcmp(want, "x86-64-v4")      ? GD_ISA_X86_64_V4
+                    : !strcmp(want, "x86-64-v4-bf16") ? GD_ISA_X86_64_V4_BF16
+                                                      : level;
         if (asked < level)
             level = asked;
     }
@@ -583,7 +602,8 @@ int gd_isa_level(void)
 const char *gd_isa_compiled(void)
 {
 #if GD_HAVE_X86_DISPATCH
-    return "x86-64-v4 (AVX-512) | x86-64-v3 (AVX2+FMA) | baseline";
+    return "x86-64-v4-bf16 (AVX-512, AVX512-BF16) | x86-64-v4 (AVX-512) | "
+           "x86-64-v3 (AVX2+FMA) | baseline";
 #else
     return "compiler default target only";
 #endif
@@ -592,8 +612,9 @@ const char *gd_isa_compiled(void)
 const char *gd_isa_selected(void)
 {
 #if GD_HAVE_X86_DISPATCH
-    static const char *names[] = {"x86-64 baseline (SSE2)", "x86-64-v3 (AVX2+FMA)",
-                                  "x86-64-v4 (AVX-512)"};
+    static const char *names[GD_ISA_COUNT] = {
+        "x86-64 baseline (SSE2)", "x86-64-v3 (AVX2+FMA)", "x86-64-v4 (AVX-512)",
+        "x86-64-v4-bf16 (AVX-512, AVX512-BF16)"};
     return names[gd_isa_level()];
 #else
     return "compiler default target";

@@ -13,7 +13,7 @@ import gdcore.functional as F
 from test_oracles import BIG
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LEVELS = ["x86-64-v4", "x86-64-v3", "baseline"]
+LEVELS = ["x86-64-v4-bf16", "x86-64-v4", "x86-64-v3", "baseline"]
 
 
 def isa_under(level):
@@ -29,7 +29,8 @@ def test_gdcore_isa_selects_a_lower_build_and_never_a_higher_one():
         pytest.skip("no instruction-set dispatch in this build")
     assert isa_under("baseline").startswith("x86-64 baseline")
     assert isa_under("not-an-isa") == here
-    assert isa_under("x86-64-v4") == here  # never above what the CPU has
+    assert isa_under("x86-64-v4-bf16") == here  # never above what the CPU has
+    assert isa_under("x86-64-v4").split(" ")[0] in {"x86-64-v4", here.split(" ")[0]}
 
 
 @pytest.mark.parametrize("level", LEVELS[1:] + LEVELS[:1])
@@ -41,7 +42,7 @@ def test_every_build_passes_the_oracle_and_consistency_tests(level):
     here = gdcore.build_info()["isa"]
     if "x86-64" not in here:
         pytest.skip("no instruction-set dispatch in this build")
-    if here.startswith(level) or LEVELS.index(level) < LEVELS.index(here.split(" ")[0]):
+    if here.split(" ")[0] == level or LEVELS.index(level) < LEVELS.index(here.split(" ")[0]):
         pytest.skip(f"{level} is the build this process runs, or above what the CPU has")
     env = dict(os.environ, GDCORE_ISA=level)
     run = subprocess.run(
