@@ -48,8 +48,12 @@ class BuildExt(build_ext):
         if os.environ.get("GDCORE_NO_THREADS") == "1":
             print("gdcore: building without threads (kernels run on one thread)", file=sys.stderr)
             threads = ["-DGD_NO_THREADS"]
+        # -Wno-psabi: GCC notes that passing 128-byte vectors changed ABI in
+        # GCC 4.6; gdcore's are only passed to always-inlined functions
+        # (csrc/gd_avx512_16.h), so no call ever passes one
+        quiet = ["-Wno-psabi"] if unix else []
         for ext in self.extensions:
-            ext.extra_compile_args = base + threads
+            ext.extra_compile_args = base + quiet + threads
             ext.extra_link_args = [f for f in threads if f == "-pthread"] + sanitize
         _compile_in_parallel(self.compiler)
         super().build_extensions()

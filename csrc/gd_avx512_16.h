@@ -41,15 +41,22 @@ GD_V4_INLINE gd_f32x16 gd_v4_load_bf16(const uint16_t *p, __mmask16 mask)
     return (gd_f32x16)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* float32 -> bfloat16, to nearest (ties to even), NaN -> 0x7FC0 */
-GD_V4_INLINE __m256i gd_v4_narrow_bf16(gd_f32x16 x)
+/* float32 -> bfloat16 bits, to nearest (ties to even), NaN -> 0x7FC0, in
+ * the low 16 bits of each 32-bit lane */
+GD_V4_INLINE __m512i gd_v4_round_bf16(__m512 x)
 {
     const __m512i u = _mm512_castps_si512(x);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i t = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb);
     t = _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
                               _mm512_set1_epi32(0x7FC00000));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(t, 16));
+    return _mm512_srli_epi32(t, 16);
+}
+
+/* the same, packed to 16 bfloat16 */
+GD_V4_INLINE __m256i gd_v4_narrow_bf16(gd_f32x16 x)
+{
+    return _mm512_cvtepi32_epi16(gd_v4_round_bf16(x));
 }
 
 GD_V4_INLINE void gd_v4_put_bf16(uint16_t *p, __m256i h, __mmask16 mask)
@@ -85,12 +92,10 @@ typedef struct gd_inplace_ctx {
 } gd_inplace_ctx;
 extern _Thread_local gd_inplace_ctx gd_inplace_param;
 
-/* gd_random_bits for the 16 indices first, first + 1, ... */
-GD_V4_INLINE __m512i gd_v4_random_bits(uint32_t key, uint32_t first)
+/* gd_random_bits(key, index) for 16 indices */
+GD_V4_INLINE __m512i gd_v4_random_bits(uint32_t key, __m512i index)
 {
-    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512i x = _mm512_xor_si512(_mm512_add_epi32(_mm512_set1_epi32((int)first), lanes),
-                                 _mm512_set1_epi32((int)key));
+    __m512i x = _mm512_xor_si512(index, _mm512_set1_epi32((int)key));
     x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
     x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x21F0AAAD));
     x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
@@ -98,29 +103,39 @@ GD_V4_INLINE __m512i gd_v4_random_bits(uint32_t key, uint32_t first)
     return _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
 }
 
+/* gd_f32_to_bf16_stochastic's bits, (u + (random >> 16)) >> 16 and NaN ->
+ * 0x7FC0, in the low 16 bits of each 32-bit lane */
+GD_V4_INLINE __m512i gd_v4_round_bf16_stochastic(__m512 x, __m512i random)
+{
+    const __m512i t = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_castps_si512(x), _mm512_srli_epi32(random, 16)), 16);
+    return _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
+                                 _mm512_set1_epi32(0x7FC0));
+}
+
+/* the index in its buffer of the element p points to */
+#define GD_INPLACE_INDEX(p) ((uint32_t)((const uint16_t *)(p) - gd_inplace_param.origin))
+
 GD_V4_INLINE gd_f32x16 gd_v4_load_bf16_stochastic(const gd_bf16_stochastic *p, __mmask16 mask)
 {
     return gd_v4_load_bf16((const uint16_t *)p, mask);
 }
 
-/* gd_f32_to_bf16_stochastic: (u + (random >> 16)) >> 16, NaN -> 0x7FC0 */
 GD_V4_INLINE void gd_v4_store_bf16_stochastic(gd_bf16_stochastic *p, gd_f32x16 x,
                                               __mmask16 mask)
 {
-    const gd_inplace_ctx *c = &gd_inplace_param;
-    const __m512i random = gd_v4_random_bits(
-        c->key, (uint32_t)((const uint16_t *)p - c->origin));
-    __m512i t = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_castps_si512(x), _mm512_srli_epi32(random, 16)), 16);
-    t = _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-    gd_v4_put_bf16((uint16_t *)p, _mm512_cvtepi32_epi16(t), mask);
+    const __m512i index = _mm512_add_epi32(
+        _mm512_set1_epi32((int)GD_INPLACE_INDEX(p)),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i random = gd_v4_random_bits(gd_inplace_param.key, index);
+    gd_v4_put_bf16((uint16_t *)p, _mm512_cvtepi32_epi16(gd_v4_round_bf16_stochastic(x, random)),
+                   mask);
 }
 
 /* the param plus its compensation (gd_staged.inc's widen, then widen_add) */
 GD_V4_INLINE gd_f32x16 gd_v4_load_bf16_kahan(const gd_bf16_kahan *p, __mmask16 mask)
 {
-    const gd_inplace_ctx *c = &gd_inplace_param;
-    const uint16_t *compensation = c->compensation + ((const uint16_t *)p - c->origin);
+    const uint16_t *compensation = gd_inplace_param.compensation + GD_INPLACE_INDEX(p);
     return gd_v4_load_bf16((const uint16_t *)p, mask) + gd_v4_load_bf16(compensation, mask);
 }
 
@@ -137,9 +152,8 @@ GD_V4_INLINE gd_f32x16 gd_v4_load_bf16_kahan(const gd_bf16_kahan *p, __mmask16 m
     static inline __attribute__((always_inline)) TARGET void                   \
         PREFIX##_store_bf16_kahan(gd_bf16_kahan *p, gd_f32x16 x, __mmask16 mask) \
     {                                                                          \
-        const gd_inplace_ctx *c = &gd_inplace_param;                           \
         uint16_t *compensation =                                               \
-            (uint16_t *)c->compensation + ((const uint16_t *)p - c->origin);   \
+            (uint16_t *)gd_inplace_param.compensation + GD_INPLACE_INDEX(p);   \
         const __m256i h = PREFIX##_narrow_bf16(x);                             \
         const __m512i back = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);  \
         const __m512i exponent = _mm512_set1_epi32(0x7F800000);                \
@@ -153,5 +167,179 @@ GD_V4_INLINE gd_f32x16 gd_v4_load_bf16_kahan(const gd_bf16_kahan *p, __mmask16 m
 GD_V4_BF16_STORES(gd_v4, GD_V4)
 GD_V4_BF16_STORES(gd_v4bf16, GD_V4BF16)
 #undef GD_V4_BF16_STORES
+
+
+/* ------------------------------------------ 32-lane packs, all-bfloat16 --
+ * Formats whose every stream is bfloat16 (param, grad, state, Kahan's
+ * compensation) compute on 32 elements at once, two 16-lane halves in the
+ * order vpunpcklwd/vpunpckhwd give them: of each 128-bit lane of a 64-byte
+ * load, elements 0-3 go to the low half, 4-7 to the high half.  Widening is
+ * one unpack against zero per 16 elements (instead of vpmovzxwd + shift);
+ * narrowing ends in vpackusdw, which restores the element order, or with
+ * AVX512-BF16 is one vcvtne2ps2bf16 for both halves and one vpermq.  The
+ * lane order never leaves a pack: load and store masks are in element order
+ * (bit e: element e), compare and blend masks in lane order (bits 0-15 the
+ * low half).  (Formats with float32 state keep 16 lanes in element order:
+ * their float32 loads would need a permute each.) */
+typedef float gd_f32x32 __attribute__((vector_size(128)));
+typedef union {
+    gd_f32x32 v;
+    __m512 h[2];
+} gd_f32x32_halves;
+
+GD_V4_INLINE gd_f32x32 gd_x32_join(__m512 lo, __m512 hi)
+{
+    gd_f32x32_halves u;
+    u.h[0] = lo;
+    u.h[1] = hi;
+    return u.v;
+}
+
+GD_V4_INLINE __m512 gd_x32_lo(gd_f32x32 x)
+{
+    gd_f32x32_halves u;
+    u.v = x;
+    return u.h[0];
+}
+
+GD_V4_INLINE __m512 gd_x32_hi(gd_f32x32 x)
+{
+    gd_f32x32_halves u;
+    u.v = x;
+    return u.h[1];
+}
+
+/* 32 bfloat16 (in element order) widened to a pack */
+GD_V4_INLINE gd_f32x32 gd_x32_widen(__m512i h)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    return gd_x32_join(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, h)),
+                       _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, h)));
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_load_bf16(const uint16_t *p, __mmask32 mask)
+{
+    return gd_x32_widen(mask == 0xFFFFFFFFu ? _mm512_loadu_si512(p)
+                                            : _mm512_maskz_loadu_epi16(mask, p));
+}
+
+GD_V4_INLINE void gd_x32_put_bf16(uint16_t *p, __m512i h, __mmask32 mask)
+{
+    if (mask == 0xFFFFFFFFu)
+        _mm512_storeu_si512(p, h);
+    else
+        _mm512_mask_storeu_epi16(p, mask, h);
+}
+
+/* to nearest: 32 bfloat16 in element order */
+GD_V4_INLINE __m512i gd_v4_x32_narrow_bf16(gd_f32x32 x)
+{
+    return _mm512_packus_epi32(gd_v4_round_bf16(gd_x32_lo(x)), gd_v4_round_bf16(gd_x32_hi(x)));
+}
+
+static inline __attribute__((always_inline)) GD_V4BF16 __m512i
+gd_v4bf16_x32_narrow_bf16(gd_f32x32 x)
+{
+    const __m512 lo = gd_x32_lo(x), hi = gd_x32_hi(x);
+    if (__builtin_expect((_mm512_fpclass_ps_mask(lo, GD_FPCLASS_NAN_OR_SUBNORMAL) |
+                          _mm512_fpclass_ps_mask(hi, GD_FPCLASS_NAN_OR_SUBNORMAL)) != 0, 0))
+        return gd_v4_x32_narrow_bf16(x);
+    /* words 0-15 from lo, 16-31 from hi: qwords 0-3 hold elements 0-3,
+     * 8-11, ..., qwords 4-7 elements 4-7, 12-15, ...: interleave them */
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 4, 1, 5, 2, 6, 3, 7),
+                                    (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_load_bf16_stochastic(const gd_bf16_stochastic *p, __mmask32 mask)
+{
+    return gd_x32_load_bf16((const uint16_t *)p, mask);
+}
+
+GD_V4_INLINE void gd_x32_store_bf16_stochastic(gd_bf16_stochastic *p, gd_f32x32 x,
+                                               __mmask32 mask)
+{
+    const __m512i first = _mm512_set1_epi32((int)GD_INPLACE_INDEX(p));
+    const __m512i lo_index = _mm512_add_epi32(
+        first, _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27));
+    const __m512i hi_index = _mm512_add_epi32(lo_index, _mm512_set1_epi32(4));
+    const uint32_t key = gd_inplace_param.key;
+    gd_x32_put_bf16((uint16_t *)p,
+                    _mm512_packus_epi32(
+                        gd_v4_round_bf16_stochastic(gd_x32_lo(x), gd_v4_random_bits(key, lo_index)),
+                        gd_v4_round_bf16_stochastic(gd_x32_hi(x), gd_v4_random_bits(key, hi_index))),
+                    mask);
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_load_bf16_kahan(const gd_bf16_kahan *p, __mmask32 mask)
+{
+    const uint16_t *compensation = gd_inplace_param.compensation + GD_INPLACE_INDEX(p);
+    return gd_x32_load_bf16((const uint16_t *)p, mask) + gd_x32_load_bf16(compensation, mask);
+}
+
+#define GD_X32_BF16_STORES(PREFIX, TARGET)                                    \
+    static inline __attribute__((always_inline)) TARGET void                   \
+        PREFIX##_x32_store_bf16(uint16_t *p, gd_f32x32 x, __mmask32 mask)      \
+    {                                                                          \
+        gd_x32_put_bf16(p, PREFIX##_x32_narrow_bf16(x), mask);                 \
+    }                                                                          \
+                                                                               \
+    static inline __attribute__((always_inline)) TARGET void                   \
+        PREFIX##_x32_store_bf16_kahan(gd_bf16_kahan *p, gd_f32x32 x, __mmask32 mask) \
+    {                                                                          \
+        uint16_t *compensation =                                               \
+            (uint16_t *)gd_inplace_param.compensation + GD_INPLACE_INDEX(p);   \
+        const __m512i h = PREFIX##_x32_narrow_bf16(x);                         \
+        const gd_f32x32 back = gd_x32_widen(h);                                \
+        const __m512i exponent = _mm512_set1_epi32(0x7F800000);                \
+        const gd_f32x32 residual = x - back;                                   \
+        const __mmask16 finite_lo = _mm512_cmpneq_epi32_mask(                  \
+            _mm512_and_si512(_mm512_castps_si512(gd_x32_lo(back)), exponent), exponent); \
+        const __mmask16 finite_hi = _mm512_cmpneq_epi32_mask(                  \
+            _mm512_and_si512(_mm512_castps_si512(gd_x32_hi(back)), exponent), exponent); \
+        gd_x32_put_bf16((uint16_t *)p, h, mask);                               \
+        gd_x32_put_bf16(compensation,                                          \
+                        PREFIX##_x32_narrow_bf16(gd_x32_join(                  \
+                            _mm512_maskz_mov_ps(finite_lo, gd_x32_lo(residual)), \
+                            _mm512_maskz_mov_ps(finite_hi, gd_x32_hi(residual)))), \
+                        mask);                                                 \
+    }
+GD_X32_BF16_STORES(gd_v4, GD_V4)
+GD_X32_BF16_STORES(gd_v4bf16, GD_V4BF16)
+#undef GD_X32_BF16_STORES
+
+/* lane operations, half by half */
+#define GD_X32_CMP(name, predicate)                                           \
+    GD_V4_INLINE __mmask32 gd_x32_##name(gd_f32x32 a, gd_f32x32 b)             \
+    {                                                                          \
+        return (__mmask32)_mm512_cmp_ps_mask(gd_x32_lo(a), gd_x32_lo(b), predicate) | \
+               (__mmask32)_mm512_cmp_ps_mask(gd_x32_hi(a), gd_x32_hi(b), predicate) << 16; \
+    }
+GD_X32_CMP(gt, _CMP_GT_OQ)
+GD_X32_CMP(lt, _CMP_LT_OQ)
+GD_X32_CMP(eq, _CMP_EQ_OQ)
+#undef GD_X32_CMP
+
+GD_V4_INLINE gd_f32x32 gd_x32_blend(__mmask32 take_a, gd_f32x32 a, gd_f32x32 b)
+{
+    return gd_x32_join(_mm512_mask_blend_ps((__mmask16)take_a, gd_x32_lo(b), gd_x32_lo(a)),
+                       _mm512_mask_blend_ps((__mmask16)(take_a >> 16), gd_x32_hi(b),
+                                            gd_x32_hi(a)));
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_max_nan(gd_f32x32 a, gd_f32x32 b)
+{
+    return gd_x32_join(gd_max_nan_f32x16((gd_f32x16)gd_x32_lo(a), (gd_f32x16)gd_x32_lo(b)),
+                       gd_max_nan_f32x16((gd_f32x16)gd_x32_hi(a), (gd_f32x16)gd_x32_hi(b)));
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_sqrt(gd_f32x32 x)
+{
+    return gd_x32_join(_mm512_sqrt_ps(gd_x32_lo(x)), _mm512_sqrt_ps(gd_x32_hi(x)));
+}
+
+GD_V4_INLINE gd_f32x32 gd_x32_abs(gd_f32x32 x)
+{
+    return gd_x32_join(_mm512_abs_ps(gd_x32_lo(x)), _mm512_abs_ps(gd_x32_hi(x)));
+}
 
 #endif /* GD_AVX512_16_H */

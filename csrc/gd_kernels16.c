@@ -89,7 +89,9 @@
 #define GD_PARAM_T_ uint16_t
 #define GD_FMT bf16p
 #define GD_STATE_T_ uint16_t
+#define GD_PAIRED
 #include GD_EACH_ISA_
+#undef GD_PAIRED
 #undef GD_FMT
 #undef GD_STATE_T_
 
@@ -108,7 +110,9 @@ _Thread_local gd_inplace_ctx gd_inplace_param;
 #define GD_PARAM_T_ gd_bf16_stochastic
 #define GD_FMT bf16sr
 #define GD_STATE_T_ uint16_t
+#define GD_PAIRED
 #include GD_EACH_ISA_
+#undef GD_PAIRED
 #undef GD_FMT
 #undef GD_STATE_T_
 #define GD_FMT bf16srs32
@@ -120,7 +124,9 @@ _Thread_local gd_inplace_ctx gd_inplace_param;
 #define GD_PARAM_T_ gd_bf16_kahan
 #define GD_FMT bf16k
 #define GD_STATE_T_ uint16_t
+#define GD_PAIRED
 #include GD_EACH_ISA_
+#undef GD_PAIRED
 #undef GD_FMT
 #undef GD_STATE_T_
 #define GD_FMT bf16ks32
