@@ -92,23 +92,35 @@ typedef struct gd_inplace_ctx {
 } gd_inplace_ctx;
 extern _Thread_local gd_inplace_ctx gd_inplace_param;
 
-/* gd_random_bits(key, index) for 16 indices */
-GD_V4_INLINE __m512i gd_v4_random_bits(uint32_t key, __m512i index)
+/* gd_random16 for 2 k consecutive elements from an even index: the hash
+ * (gd_random_bits) of the k pair indices, in k 32-bit lanes, whose 16-bit
+ * halves are the elements' bits in element order.  (Plain GCC vectors:
+ * the operators give vpmulld and the shifts for either width.) */
+typedef uint32_t gd_u32x8 __attribute__((vector_size(32)));
+typedef uint32_t gd_u32x16 __attribute__((vector_size(64)));
+#define GD_RANDOM_PAIRS(x)                                                    \
+    (x ^= x >> 16, x *= 0x21F0AAADu, x ^= x >> 15, x *= 0x735A2D97u, x ^= x >> 15, x)
+
+GD_V4_INLINE __m256i gd_v4_random16_x16(uint32_t key, uint32_t first)
 {
-    __m512i x = _mm512_xor_si512(index, _mm512_set1_epi32((int)key));
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x21F0AAAD));
-    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
-    x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x735A2D97));
-    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    gd_u32x8 x = (gd_u32x8){0, 1, 2, 3, 4, 5, 6, 7} + (first >> 1);
+    x ^= key;
+    return (__m256i)GD_RANDOM_PAIRS(x);
 }
 
-/* gd_f32_to_bf16_stochastic's bits, (u + (random >> 16)) >> 16 and NaN ->
- * 0x7FC0, in the low 16 bits of each 32-bit lane */
-GD_V4_INLINE __m512i gd_v4_round_bf16_stochastic(__m512 x, __m512i random)
+GD_V4_INLINE __m512i gd_v4_random16_x32(uint32_t key, uint32_t first)
 {
-    const __m512i t = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_castps_si512(x), _mm512_srli_epi32(random, 16)), 16);
+    gd_u32x16 x = (gd_u32x16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + (first >> 1);
+    x ^= key;
+    return (__m512i)GD_RANDOM_PAIRS(x);
+}
+#undef GD_RANDOM_PAIRS
+
+/* gd_f32_to_bf16_stochastic's bits, (u + random16) >> 16 and NaN -> 0x7FC0,
+ * in the low 16 bits of each 32-bit lane (random16 there too) */
+GD_V4_INLINE __m512i gd_v4_round_bf16_stochastic(__m512 x, __m512i random16)
+{
+    const __m512i t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x), random16), 16);
     return _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
                                  _mm512_set1_epi32(0x7FC0));
 }
@@ -124,12 +136,10 @@ GD_V4_INLINE gd_f32x16 gd_v4_load_bf16_stochastic(const gd_bf16_stochastic *p, _
 GD_V4_INLINE void gd_v4_store_bf16_stochastic(gd_bf16_stochastic *p, gd_f32x16 x,
                                               __mmask16 mask)
 {
-    const __m512i index = _mm512_add_epi32(
-        _mm512_set1_epi32((int)GD_INPLACE_INDEX(p)),
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    const __m512i random = gd_v4_random_bits(gd_inplace_param.key, index);
-    gd_v4_put_bf16((uint16_t *)p, _mm512_cvtepi32_epi16(gd_v4_round_bf16_stochastic(x, random)),
-                   mask);
+    const __m512i random16 = _mm512_cvtepu16_epi32(
+        gd_v4_random16_x16(gd_inplace_param.key, GD_INPLACE_INDEX(p)));
+    gd_v4_put_bf16((uint16_t *)p,
+                   _mm512_cvtepi32_epi16(gd_v4_round_bf16_stochastic(x, random16)), mask);
 }
 
 /* the param plus its compensation (gd_staged.inc's widen, then widen_add) */
@@ -258,15 +268,16 @@ GD_V4_INLINE gd_f32x32 gd_x32_load_bf16_stochastic(const gd_bf16_stochastic *p, 
 GD_V4_INLINE void gd_x32_store_bf16_stochastic(gd_bf16_stochastic *p, gd_f32x32 x,
                                                __mmask32 mask)
 {
-    const __m512i first = _mm512_set1_epi32((int)GD_INPLACE_INDEX(p));
-    const __m512i lo_index = _mm512_add_epi32(
-        first, _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27));
-    const __m512i hi_index = _mm512_add_epi32(lo_index, _mm512_set1_epi32(4));
-    const uint32_t key = gd_inplace_param.key;
+    /* the 32 random halves in element order, spread to the pack's lanes as
+     * the loads spread elements */
+    const __m512i random16 = gd_v4_random16_x32(gd_inplace_param.key, GD_INPLACE_INDEX(p));
+    const __m512i zero = _mm512_setzero_si512();
     gd_x32_put_bf16((uint16_t *)p,
                     _mm512_packus_epi32(
-                        gd_v4_round_bf16_stochastic(gd_x32_lo(x), gd_v4_random_bits(key, lo_index)),
-                        gd_v4_round_bf16_stochastic(gd_x32_hi(x), gd_v4_random_bits(key, hi_index))),
+                        gd_v4_round_bf16_stochastic(gd_x32_lo(x),
+                                                    _mm512_unpacklo_epi16(random16, zero)),
+                        gd_v4_round_bf16_stochastic(gd_x32_hi(x),
+                                                    _mm512_unpackhi_epi16(random16, zero))),
                     mask);
 }
 

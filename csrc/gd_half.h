@@ -27,7 +27,9 @@
  * as IEEE rounding does.
  *
  * Random bits: gd_random_bits(key, i) is a hash of the element index under a
- * 32-bit key; gd_stream_key derives the key from (seed, stream, step, the
+ * 32-bit key (float16 takes it whole); a bfloat16 element takes 16 bits,
+ * half of the hash of its pair index i / 2 (gd_random16: one hash for two
+ * elements); gd_stream_key derives the key from (seed, stream, step, the
  * index's high 32 bits) with splitmix64's finaliser.  Every input is part of
  * the caller's data (stream: the buffer's, typically its param's position in
  * the optimizer), never of the call, so the bits of an element do not depend
@@ -105,11 +107,11 @@ static inline uint16_t gd_f32_to_bf16_nearest_masked(float x)
     return (uint16_t)gd_select(gd_mask(x != x), GD_BF16_NAN, gd_bf16_nearest_bits(x));
 }
 
-/* random: 32 random bits (the top 16 are used). */
-static inline uint16_t gd_f32_to_bf16_stochastic(float x, uint32_t random)
+/* random16: 16 random bits (gd_random16). */
+static inline uint16_t gd_f32_to_bf16_stochastic(float x, uint32_t random16)
 {
     uint32_t u = gd_f32_bits(x);
-    uint32_t rounded = (u + (random >> 16)) >> 16;
+    uint32_t rounded = (u + random16) >> 16;
     return (uint16_t)(x != x ? GD_BF16_NAN : rounded);
 }
 
@@ -208,6 +210,15 @@ static inline uint32_t gd_random_bits(uint32_t key, uint32_t index)
     x *= 0x735A2D97u;
     x ^= x >> 15;
     return x;
+}
+
+/* 16 random bits for bfloat16 element index (which uses 16): one hash serves
+ * the two elements 2k and 2k + 1, the even one its low half, the odd one
+ * its high half. */
+static inline uint32_t gd_random16(uint32_t key, uint32_t index)
+{
+    uint32_t x = gd_random_bits(key, index >> 1);
+    return (index & 1u) ? x >> 16 : x & 0xFFFFu;
 }
 
 #endif /* GD_HALF_H */

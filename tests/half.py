@@ -42,6 +42,19 @@ def random_bits(key, index):
     return x
 
 
+def random16(key, index):
+    """16 random bits per bfloat16 element index: the low half of the hash
+    of index // 2 for an even index, its high half for an odd one."""
+    index = np.asarray(index, dtype=np.uint32)
+    pair = random_bits(key, index >> np.uint32(1))
+    return np.where(index & np.uint32(1), pair >> np.uint32(16), pair & np.uint32(0xFFFF))
+
+
+def element_bits(dtype, key, index):
+    """The random bits gdcore draws for each element of a 16-bit param."""
+    return (random16 if dtype == BF16 else random_bits)(key, index)
+
+
 def nearest(x, dtype):
     """x (any float array) rounded to nearest even in dtype, by way of
     float64 (exact for float32 inputs; for float64 inputs this is the
@@ -50,11 +63,11 @@ def nearest(x, dtype):
 
 
 def stochastic(x, dtype, bits):
-    """Stochastic rounding of values x (float64) to dtype, given the 32
-    random bits of each element, as gd_half.h does: with the dropped
-    fraction f of an ulp, round away from zero iff f * 2^16 + (bits >> 16)
-    >= 2^16 (bfloat16), f * 2^13 + (bits >> 19) >= 2^13 (normal float16),
-    f * 2^24 > (bits >> 8) (float16 below 2^-14)."""
+    """Stochastic rounding of values x (float64) to dtype, given each
+    element's random bits (element_bits: 16 for bfloat16, 32 for float16),
+    as gd_half.h does: with the dropped fraction f of an ulp, round away
+    from zero iff f * 2^16 + bits >= 2^16 (bfloat16), f * 2^13 + (bits >> 19)
+    >= 2^13 (normal float16), f * 2^24 > (bits >> 8) (float16 below 2^-14)."""
     x = np.asarray(x, np.float64)
     bits = np.asarray(bits, np.uint32)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -67,7 +80,7 @@ def stochastic(x, dtype, bits):
         ulp = np.where(np.isfinite(hi64), np.abs(hi64 - lo64), np.abs(lo64 - below))
         fraction = np.where(ulp > 0, (np.abs(x) - np.abs(lo64)) / ulp, 0.0)
     if dtype == BF16:
-        up = fraction * 2.0**16 + (bits >> np.uint32(16)).astype(np.float64) >= 2.0**16
+        up = fraction * 2.0**16 + bits.astype(np.float64) >= 2.0**16
     else:
         tiny = np.abs(x) < 2.0**-14
         up = np.where(tiny, fraction * 2.0**24 > (bits >> np.uint32(8)).astype(np.float64),

@@ -34,7 +34,7 @@ import gdcore
 from gdcore import functional as F
 from conftest import CONFIGS, TOLERANCES, config_id
 from gdcore.family import BY_NAME
-from half import (ATOL32, BF16, F16, far_elements, nearest, random_bits, stochastic, stream_key,
+from half import (ATOL32, BF16, F16, element_bits, far_elements, nearest, stochastic, stream_key,
                   ulps_apart)
 from reference import STEPS
 
@@ -110,7 +110,7 @@ def test_stochastic_is_the_counter_based_model_bitwise(dtype, n):
         p = np.zeros(n, dtype)
         with np.errstate(over="ignore", invalid="ignore"):
             F.sgd(p, g, lr=lr, rounding="stochastic", seed=seed, stream=stream, step=step)
-            bits = random_bits(stream_key(seed, stream, step), np.arange(n))
+            bits = element_bits(dtype, stream_key(seed, stream, step), np.arange(n))
             want = stochastic(sgd_target(g, lr), dtype, bits)
         assert ulps_apart(p, want).max(initial=0) == 0, (seed, p[:20], want[:20])
 
@@ -204,7 +204,7 @@ def _check_one_optimizer(name, config, dtype, state_dtype, rounding):
                     np.isnan(got) & np.isnan(x))
                 assert not bad.any(), (what, got[bad][:5], x[bad][:5])
             else:
-                bits = random_bits(stream_key(seed, j, step), np.arange(p.size))
+                bits = element_bits(dtype, stream_key(seed, j, step), np.arange(p.size))
                 want = _expected(x, dtype, rounding, bits)
                 far = (ulps_apart(p, want) > 1) & far_elements(p, x, dtype)
                 assert not far.any(), (what, p[far][:5], want[far][:5], x[far][:5])
