@@ -271,8 +271,11 @@ static inline __attribute__((always_inline)) GD_V4BF16 __m512i
 gd_v4bf16_x32_narrow_bf16(gd_f32x32 x)
 {
     const __m512 lo = gd_x32_lo(x), hi = gd_x32_hi(x);
-    if (__builtin_expect((_mm512_fpclass_ps_mask(lo, GD_FPCLASS_NAN_OR_SUBNORMAL) |
-                          _mm512_fpclass_ps_mask(hi, GD_FPCLASS_NAN_OR_SUBNORMAL)) != 0, 0))
+    /* (kortestw on both masks: OR-ing them as integers moves each to a
+     * general register on port 0, the port the float math needs) */
+    if (__builtin_expect(!_kortestz_mask16_u8(_mm512_fpclass_ps_mask(lo, GD_FPCLASS_NAN_OR_SUBNORMAL),
+                                              _mm512_fpclass_ps_mask(hi, GD_FPCLASS_NAN_OR_SUBNORMAL)),
+                         0))
         return gd_v4_x32_narrow_bf16(x);
     /* words 0-15 from lo, 16-31 from hi: qwords 0-3 hold elements 0-3,
      * 8-11, ..., qwords 4-7 elements 4-7, 12-15, ...: interleave them */
@@ -321,18 +324,16 @@ GD_V4_INLINE gd_f32x32 gd_x32_load_bf16_kahan(const gd_bf16_kahan *p, __mmask32 
             (uint16_t *)gd_inplace_param.compensation + GD_INPLACE_INDEX(p);   \
         const __m512i h = PREFIX##_x32_narrow_bf16(x);                         \
         const gd_f32x32 back = gd_x32_widen(h);                                \
-        const __m512i exponent = _mm512_set1_epi32(0x7F800000);                \
-        const gd_f32x32 residual = x - back;                                   \
-        const __mmask16 finite_lo = _mm512_cmpneq_epi32_mask(                  \
-            _mm512_and_si512(_mm512_castps_si512(gd_x32_lo(back)), exponent), exponent); \
-        const __mmask16 finite_hi = _mm512_cmpneq_epi32_mask(                  \
-            _mm512_and_si512(_mm512_castps_si512(gd_x32_hi(back)), exponent), exponent); \
+        gd_f32x32 residual = x - back;                                         \
+        /* zero where back is infinite or NaN (0x99: QNaN, +-inf, SNaN) */     \
+        const __mmask16 special_lo = _mm512_fpclass_ps_mask(gd_x32_lo(back), 0x99); \
+        const __mmask16 special_hi = _mm512_fpclass_ps_mask(gd_x32_hi(back), 0x99); \
+        if (__builtin_expect(!_kortestz_mask16_u8(special_lo, special_hi), 0)) \
+            residual = gd_x32_join(                                            \
+                _mm512_maskz_mov_ps((__mmask16)~special_lo, gd_x32_lo(residual)), \
+                _mm512_maskz_mov_ps((__mmask16)~special_hi, gd_x32_hi(residual))); \
         gd_x32_put_bf16((uint16_t *)p, h, mask);                               \
-        gd_x32_put_bf16(compensation,                                          \
-                        PREFIX##_x32_narrow_bf16(gd_x32_join(                  \
-                            _mm512_maskz_mov_ps(finite_lo, gd_x32_lo(residual)), \
-                            _mm512_maskz_mov_ps(finite_hi, gd_x32_hi(residual)))), \
-                        mask);                                                 \
+        gd_x32_put_bf16(compensation, PREFIX##_x32_narrow_bf16(residual), mask); \
     }
 GD_X32_BF16_STORES(gd_v4, GD_V4)
 GD_X32_BF16_STORES(gd_v4bf16, GD_V4BF16)
