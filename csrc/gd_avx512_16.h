@@ -5,21 +5,34 @@
  *
  * Design note.  Left to the vectoriser, the per-element conversions of
  * gd_half.h cost more than Adam's math (bfloat16 Adam with bfloat16 state,
- * 1M elements, Xeon: 0.71 ns per element against 0.49 with float32 state,
- * which converts three streams fewer).  Here, per 16 elements:
- *   widen   one vpmovzxwd (a 32-byte load, zero-extended to 32-bit lanes)
- *           and one shift left by 16; tails are a masked load;
+ * 1M elements, 1 thread, Xeon: 0.71 ns per element against 0.49 with
+ * float32 state, which converts three streams fewer).  Here (0.39):
+ *   widen   16 lanes: vpmovzxwd (32-byte load) and a shift left by 16;
+ *           32 lanes (below): one vpunpck{l,h}wd against zero per 16;
+ *           tails are masked loads;
  *   narrow  to nearest, ties to even:
  *           x86-64-v4: u + 0x7FFF + ((u >> 16) & 1), NaN lanes set to the
- *           canonical 0x7FC0 (one masked move), shift right by 16, vpmovdw;
- *           with AVX512-BF16: vcvtneps2bf16, which rounds the same way but
- *           treats subnormal inputs as zero and keeps NaN payloads, so a
- *           pack holding a NaN or a subnormal (one vfpclassps test, almost
- *           never taken) goes the x86-64-v4 way instead.
- * Both compute exactly gd_bf16_to_f32 and gd_f32_to_bf16_nearest; the spans
- * take the correctly rounded square root (gd_sqrt_f32x16, never the Newton
- * root of the float32 packs) and, with -ffp-contract=off, no FMA, so they
- * agree bit for bit with the per-element builds and the float32 body.
+ *           canonical 0x7FC0 (one masked move), shift right by 16, vpmovdw
+ *           (32 lanes: vpackusdw);
+ *           x86-64-v4-bf16: vcvtneps2bf16 (32 lanes: vcvtne2ps2bf16 and a
+ *           vpermq), which rounds the same way but treats subnormal inputs
+ *           as zero and keeps NaN payloads, so a pack holding a NaN or a
+ *           subnormal (one vfpclassps test, almost never taken) goes the
+ *           x86-64-v4 way instead;
+ *   param   rounded in the store itself, to nearest, stochastically (the
+ *           random bits drawn from the element's index in the loop) or with
+ *           Kahan compensation (the compensation loaded and stored beside
+ *           it), as gd_staged.inc rounds a float32 block;
+ *   prefetch  every load asks for the line GD_PREFETCH_BYTES ahead: with
+ *           the divider busy the loop issues loads late, and 16M-element
+ *           steps ran 15-30% faster (the float32 state ones past the plain
+ *           bandwidth probe).
+ * All compute exactly gd_bf16_to_f32 and gd_f32_to_bf16_nearest (and the
+ * stochastic and Kahan roundings of gd_half.h); the spans take the
+ * correctly rounded square root (never the Newton root of the float32
+ * packs: tried here, it was 10% slower, the vector ports being as busy as
+ * the divider) and, with -ffp-contract=off, no FMA, so they agree bit for
+ * bit with the per-element builds and the float32 body.
  */
 #ifndef GD_AVX512_16_H
 #define GD_AVX512_16_H

@@ -7,10 +7,11 @@
  * optimizer's own body with the grad and state read and written where they
  * are, converted in registers inside the body's vector loop (gd_scalar.h:
  * loads and stores by pointer type), the state narrowed to nearest.  The
- * param is read and written in place too when it is rounded to nearest;
- * for stochastic rounding and Kahan compensation, gd_staged.inc keeps it in
- * a float32 block (widened from 16 bits, plus the compensation, and
- * narrowed back with the call's rounding afterwards) that the span updates.
+ * param is read and written in place too, and rounded in the store (to
+ * nearest; on AVX-512 also stochastically or with Kahan compensation);
+ * otherwise gd_staged.inc keeps it in a float32 block (widened from 16
+ * bits, plus the compensation, and narrowed back with the call's rounding
+ * afterwards) that the span updates.
  * A step reads and writes each grad and state element once, with no float32
  * copy in between, and the math of an optimizer still exists once.
  *
@@ -22,19 +23,25 @@
  * separate conversion loops use F16C's one-instruction conversions on
  * x86-64-v3 and v4.
  *
- * Formats (gd_spans16's middle index): 0 bfloat16 state, 1 float32 state,
- * with the param in gd_staged.inc's float32 block (stochastic and Kahan
- * rounding); 2 and 3 the same with the bfloat16 param read and written in
- * place, rounded to nearest (bfloat16 Adam at 1M elements, Zen 3: 1.32 ns
- * per element against 1.67 staged; with float32 state 0.87).
- * Instruction sets: baseline, and on x86-64 x86-64-v3 (AVX2) and x86-64-v4
- * (AVX-512), all from the same body: baseline and v4 with one element per
- * pack, vectorised by the compiler (the explicit AVX-512 packs of
- * gd_kernels.c are float32/float64 only); v3 with the explicit 8-lane packs
- * of gd_avx2_16.h, whose bfloat16 loads and stores are shuffles.  Every
- * one computes an element with the same float32 operations in the same
- * order as the per-element float32 body (gd_kernels.c's baseline and v3
- * builds), so the fused spans and the widening path agree bit for bit.
+ * Formats (gd_spans16's middle index, see gd_internal.h): the param in
+ * gd_staged.inc's float32 block, state bfloat16 or float32 (0, 1); the
+ * bfloat16 param read and written in place, rounded to nearest (2, 3),
+ * stochastically (4, 5) or with Kahan compensation (6, 7), the last two on
+ * the AVX-512 builds only (their param stores need the element's index and
+ * the compensation: gd_avx512_16.h; elsewhere they run staged).
+ * Instruction sets (GD_ISA_*), all from the same body: baseline with one
+ * element per pack, vectorised by the compiler; x86-64-v3 with the explicit
+ * 8-lane packs of gd_avx2_16.h, whose bfloat16 loads and stores are
+ * shuffles; x86-64-v4 and x86-64-v4-bf16 with the 16-lane packs of
+ * gd_avx512.h (32 lanes for the all-bfloat16 formats) and gd_avx512_16.h's
+ * bfloat16 loads and stores (the second narrows with AVX512-BF16's
+ * vcvtneps2bf16) and software prefetch.  Every one computes an element with
+ * the same float32 operations in the same order as the per-element float32
+ * body (gd_kernels.c's baseline and v3 builds: the correctly rounded square
+ * root, no FMA), so the in-place spans, the staged spans and the widening
+ * path agree bit for bit.  (bfloat16 Adam at 1M elements, 1 thread: Zen 3
+ * AVX2 0.96 ns per element; Xeon with AVX512-BF16 0.39, stochastic 0.43,
+ * Kahan 0.51, float32 state 0.42.)
  * Only the first eight option combinations of each kernel get loops of
  * their own (GD_FEW_VARIANTS: a third of the compile time).
  */
