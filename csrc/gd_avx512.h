@@ -31,6 +31,17 @@
  * positive numbers. */
 #define GD_FPCLASS_NOT_SAFE 0xFD
 
+/* Software prefetch: each float32 load asks for the line GD_F32_PREFETCH
+ * bytes ahead (float32 Adam at 16M elements, Xeon: 0.94 -> 0.84 ns per
+ * element on 1 thread, 0.48 -> 0.41 on 2; 1M unchanged).  float64 loads do
+ * not: at 16M they measured the same or 2-4% slower. */
+#ifndef GD_F32_PREFETCH
+#define GD_F32_PREFETCH 2048
+#endif
+#ifndef GD_F64_PREFETCH
+#define GD_F64_PREFETCH 0
+#endif
+
 typedef float gd_f32x16 __attribute__((vector_size(64)));
 typedef double gd_f64x8 __attribute__((vector_size(64)));
 
@@ -38,9 +49,11 @@ typedef double gd_f64x8 __attribute__((vector_size(64)));
  *   NAME    pack name suffix (f32x16, f64x8)   T, V, M  element, pack, mask types
  *   FULL    the all-lanes mask                 PS       intrinsic suffix (ps, pd)
  *   TINY    smallest normal T                  REFINE   1: add the Newton correction */
-#define GD_AVX512_OPS(NAME, T, V, M, FULL, PS, TINY, REFINE)                   \
+#define GD_AVX512_OPS(NAME, T, V, M, FULL, PS, TINY, REFINE, AHEAD)            \
     GD_V4_INLINE V gd_load_##NAME(const T *p, M mask)                          \
     {                                                                          \
+        if (AHEAD > 0)                                                         \
+            _mm_prefetch((const char *)p + AHEAD, _MM_HINT_T0);                \
         return (V)(mask == FULL ? _mm512_loadu_##PS(p)                         \
                                 : _mm512_maskz_loadu_##PS(mask, p));           \
     }                                                                          \
@@ -107,8 +120,8 @@ typedef double gd_f64x8 __attribute__((vector_size(64)));
         return (V)_mm512_mask_blend_##PS(take_a, b, a);                        \
     }
 
-GD_AVX512_OPS(f32x16, float, gd_f32x16, __mmask16, 0xFFFF, ps, FLT_MIN, 0)
-GD_AVX512_OPS(f64x8, double, gd_f64x8, __mmask8, 0xFF, pd, DBL_MIN, 1)
+GD_AVX512_OPS(f32x16, float, gd_f32x16, __mmask16, 0xFFFF, ps, FLT_MIN, 0, GD_F32_PREFETCH)
+GD_AVX512_OPS(f64x8, double, gd_f64x8, __mmask8, 0xFF, pd, DBL_MIN, 1, GD_F64_PREFETCH)
 #undef GD_AVX512_OPS
 
 #endif /* GD_AVX512_H */

@@ -54,13 +54,7 @@
 #else
 #define GD_PREFETCH_AHEAD(p) ((void)0)
 #endif
-
-/* float32 state of the 16-bit spans: gd_load_f32x16 with the prefetch */
-GD_V4_INLINE gd_f32x16 gd_v4_load_f32(const float *p, __mmask16 mask)
-{
-    GD_PREFETCH_AHEAD(p);
-    return gd_load_f32x16(p, mask);
-}
+/* (float32 state loads prefetch in gd_load_f32x16: GD_F32_PREFETCH) */
 
 /* vfpclass categories QNaN 0x01, subnormal 0x20, SNaN 0x80 */
 #define GD_FPCLASS_NAN_OR_SUBNORMAL 0xA1
