@@ -46,6 +46,7 @@ cdef extern from "numpy/arrayobject.h":
 cdef tuple _PARAM = ("param", "params")
 cdef tuple _COMPENSATION = ("compensation", "compensations")
 cdef object _MAX_STEP = 2**63 - 1
+cdef double _MAX_COUNTED = 2.0 ** 53        # torch's step counters: exact integers below
 cdef tuple _GRAD = ("grad", "grads")
 cdef enum:
     _MAX_SLOTS = 3          # state buffers per param (gd_buffer.state)
@@ -1102,16 +1103,49 @@ from cpython.dict cimport PyDict_Next, PyDict_Size
 from cpython.object cimport PyObject
 
 
+cdef extern from *:
+    """
+    /* A dict's version tag (PEP 509): CPython 3.11 to 3.13 give every dict
+       a globally unique tag that changes whenever the dict is modified
+       (deprecated for C extensions since 3.12, gone in 3.14).  Elsewhere
+       StateSnapshot walks the dicts' entries instead. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && \
+        !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
+    #define GD_DICT_TAGS 1
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic push
+    #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    #endif
+    static inline uint64_t gd_dict_tag(PyObject *d) { return ((PyDictObject *)d)->ma_version_tag; }
+    #if defined(__GNUC__)
+    #pragma GCC diagnostic pop
+    #endif
+    #else
+    #define GD_DICT_TAGS 0
+    static inline uint64_t gd_dict_tag(PyObject *d) { (void)d; return 0; }
+    #endif
+    """
+    bint GD_DICT_TAGS
+    uint64_t gd_dict_tag(PyObject *d) noexcept
+
+
 cdef class StateSnapshot:
     """What gdcore.torch's engine was last in step with: torch's
     ``optimizer.state`` (the mapping itself, each param's dict, each entry)
-    and the values of the `step` counters it advances.  `same` tells, in a
-    C loop over the entries (no hashing of tensors), whether anything was
-    replaced, added, removed or set since; an in-place change of a step
+    and the values of the `step` counters it advances.  `same` tells,
+    without hashing tensors, whether anything was replaced, added, removed
+    or set since: where CPython keeps dict version tags (3.11 to 3.13), by
+    comparing the tag of the mapping and of each param's dict (one load per
+    dict), else by walking every entry.  An in-place change of a step
     counter shows as a value other than the one expected."""
     cdef object mapping
     cdef list dicts                 # [key, dict, key, dict, ...] in mapping order
     cdef list entries               # per dict: tuple (key, value, key, value, ...)
+    cdef bint tagged                # compare version tags (else walk the entries)
+    cdef uint64_t mapping_tag
+    cdef uint64_t *dict_tags        # [ndicts]: each param dict's tag as captured
+    cdef PyObject **dict_ptrs       # [ndicts]: the dicts (referenced by `dicts`)
+    cdef Py_ssize_t ndicts
     cdef list counters              # pinning the memory of counter_ptrs
     cdef void **counter_ptrs
     cdef bint *counter_f64
@@ -1121,6 +1155,8 @@ cdef class StateSnapshot:
         free(self.expected)
         free(self.counter_ptrs)
         free(self.counter_f64)
+        free(self.dict_tags)
+        free(self.dict_ptrs)
 
     @staticmethod
     def capture(object mapping, list counters):
@@ -1135,6 +1171,18 @@ cdef class StateSnapshot:
             snap.dicts.append(<object>key)
             snap.dicts.append(<object>value)
             snap.entries.append(_dict_items(<object>value))
+        snap.ndicts = len(snap.entries)
+        snap.dict_tags = <uint64_t *>malloc((snap.ndicts + 1) * sizeof(uint64_t))
+        snap.dict_ptrs = <PyObject **>malloc((snap.ndicts + 1) * sizeof(PyObject *))
+        if snap.dict_tags == NULL or snap.dict_ptrs == NULL:
+            raise MemoryError()
+        # Tags only where every param's state is an exact dict (a subclass
+        # might keep entries elsewhere; its `same` is always False anyway).
+        snap.tagged = GD_DICT_TAGS and all(e is not None for e in snap.entries)
+        snap.mapping_tag = gd_dict_tag(<PyObject *>mapping)
+        for i in range(snap.ndicts):
+            snap.dict_ptrs[i] = <PyObject *>snap.dicts[2 * i + 1]
+            snap.dict_tags[i] = gd_dict_tag(snap.dict_ptrs[i])
         if not _counters_ok(counters):
             raise TypeError("counters must be writable, aligned 1-element float32/float64 "
                             "numpy arrays")
@@ -1162,14 +1210,24 @@ cdef class StateSnapshot:
         cdef Py_ssize_t pos = 0, k = 0, i
         cdef PyObject *key
         cdef PyObject *value
-        if mapping is not self.mapping or PyDict_Size(mapping) * 2 != len(self.dicts):
+        if mapping is not self.mapping:
             return False
-        while PyDict_Next(mapping, &pos, &key, &value):
-            if <object>key is not self.dicts[2 * k] or <object>value is not self.dicts[2 * k + 1]:
+        if self.tagged:
+            if gd_dict_tag(<PyObject *>mapping) != self.mapping_tag:
                 return False
-            if not _items_same(<object>value, <tuple>self.entries[k]):
+            for i in range(self.ndicts):
+                if gd_dict_tag(self.dict_ptrs[i]) != self.dict_tags[i]:
+                    return False
+        else:
+            if PyDict_Size(mapping) * 2 != len(self.dicts):
                 return False
-            k += 1
+            while PyDict_Next(mapping, &pos, &key, &value):
+                if <object>key is not self.dicts[2 * k] or \
+                        <object>value is not self.dicts[2 * k + 1]:
+                    return False
+                if not _items_same(<object>value, <tuple>self.entries[k]):
+                    return False
+                k += 1
         for i in range(len(self.counters)):
             if self._value(i) != self.expected[i]:
                 return False
@@ -1539,6 +1597,10 @@ cdef class Plan:
     cdef int *ndims                 # [count]: each param's number of dims, or -1 (> _MAX_DIMS)
     cdef bint long_shape            # some param has more than _MAX_DIMS dims (run_torch: 0)
     cdef void **array_ptrs          # [_ARRAYS_PER_BUFFER * count]: data of arrays[k]
+    cdef uintptr_t *grad_seen       # [count] (run_torch): the last grad address found
+                                    # clear of every written span (0: none yet)
+    cdef bint steps_in_torch        # run_torch ran last: the `step` of the engine's
+                                    # state dicts is behind buffers[k].step (sync_steps)
 
     def __dealloc__(self):
         free(self.group_start)
@@ -1558,6 +1620,7 @@ cdef class Plan:
         free(self.shapes)
         free(self.ndims)
         free(self.array_ptrs)
+        free(self.grad_seen)
 
     @staticmethod
     def build(Spec spec, list param_groups, dict state_by_id):
@@ -1593,6 +1656,7 @@ cdef class Plan:
         plan.shapes = <int64_t *>malloc((total * _MAX_DIMS + 1) * sizeof(int64_t))
         plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
+        plan.grad_seen = <uintptr_t *>calloc(total + 1, sizeof(uintptr_t))
         if (plan.group_start == NULL or plan.group_fstart == NULL or plan.options == NULL or
                 plan.group_rounding == NULL or plan.group_seed == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
@@ -1600,7 +1664,7 @@ cdef class Plan:
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
                 plan.state_typenums == NULL or
                 plan.shapes == NULL or plan.ndims == NULL or
-                plan.array_ptrs == NULL):
+                plan.array_ptrs == NULL or plan.grad_seen == NULL):
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
         cdef void **staged_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
@@ -1713,6 +1777,7 @@ cdef class Plan:
         every grad element is multiplied by it in the kernel."""
         cdef Py_ssize_t k, n = self.count
         cdef list keep = [grads]
+        self._sync_steps()
         if len(grads) != n or not self._settled(counters, param_groups, state_by_id):
             return False
         for k in range(n):
@@ -1729,20 +1794,25 @@ cdef class Plan:
         self._launch(counters, grad_multiplier)
         return True
 
-    def run_torch(self, list tensors, StateSnapshot snapshot not None, list param_groups,
-                  dict state_by_id, double grad_multiplier=1.0):
+    def run_torch(self, list tensors, StateSnapshot snapshot not None, object torch_state,
+                  list param_groups, dict state_by_id, double grad_multiplier=1.0):
         """gdcore.torch's steady state: `run` with the grads of torch params
         `tensors` (exact torch.Tensor/Parameter objects, in the grads'
         positions), read in C (see _read_torch) instead of as NumPy views.
-        `snapshot`: torch's state as captured, whose `step` counters (one
-        per param) are advanced with the step.  Returns 1 when the step ran;
-        0, having changed nothing, for the general path (a missing grad, a
-        grad that is not a plain dense CPU tensor of its param's dtype and
-        shape, or anything `run` would refuse); 2, having changed nothing,
-        when a param no longer has the memory the engine holds or has the
-        negative bit (``p.data =``, ``p.set_()``: the engine is rebuilt)."""
+        `snapshot`: torch's state `torch_state` as captured, whose `step`
+        counters (one per param) give the step numbers and are advanced
+        with the step; the engine's own state dicts are left behind until
+        `sync_steps`.  Returns 1 when the step ran; 0, having changed
+        nothing, for the general path (a missing grad, a grad that is not a
+        plain dense CPU tensor of its param's dtype and shape, or anything
+        `run` would refuse); 2, having changed nothing, when torch's state
+        is not as captured, or a param no longer has the memory the engine
+        holds or has the negative bit (``p.data =``, ``p.set_()``): the
+        engine is rebuilt from torch's tensors and state."""
         cdef Py_ssize_t n = self.count
         cdef int status
+        if not snapshot.same(torch_state):
+            return 2
         if _dl_read == NULL or len(tensors) != n:
             return 0
         # Everything that may run Python code (hyperparameters' __float__, a
@@ -1756,33 +1826,52 @@ cdef class Plan:
         # allocated here).
         cdef int collecting = PyGC_Disable()
         try:
-            status = self._read_torch(tensors, grads)
+            status = self._read_torch(tensors, grads, snapshot)
         finally:
             if collecting:
                 PyGC_Enable()
         if status != 1:
             return status
         snapshot.step_counters()            # torch's `step` tensors
-        self._launch(None, grad_multiplier)
+        self._launch(None, grad_multiplier, False)
+        self.steps_in_torch = self.spec.counts_steps
         return 1
 
-    cdef int _read_torch(self, list tensors, list grads) except -1:
+    def sync_steps(self):
+        """Bring the `step` of the engine's state dicts up to the steps run
+        by run_torch (which advances only torch's counters)."""
+        self._sync_steps()
+
+    cdef int _sync_steps(self) except -1:
+        cdef Py_ssize_t k
+        if self.steps_in_torch:
+            for k in range(self.count):
+                (<dict>self.states[k])["step"] = self.buffers[k].step
+            self.steps_in_torch = False
+        return 0
+
+    cdef int _read_torch(self, list tensors, list grads, StateSnapshot snapshot) except -1:
         """For each buffer k: its param p = tensors[position[k]] must be of
         an exact type torch describes in C, without the negative bit, with
         the memory, dtype and shape of the engine's array, contiguous (else
         2); its grad (read through .grad's C getter into grads) a
         torch.Tensor without the negative bit, on the CPU, of p's dtype and
         shape, contiguous, aligned, and not overlapping what the step writes
-        (else 0).  Points buffers[k] at the grad and returns 1.  One short
-        loop per check: the loads of consecutive tensors' metadata (cache
-        misses, after the last kernel streamed the data) then overlap,
-        which measured 10-20% faster than one loop doing all per tensor."""
+        (else 0); its `step` counter in `snapshot` as expected (else 2).
+        Points buffers[k] at the grad, sets its step number and returns 1.
+        One short loop per check: the loads of consecutive tensors' metadata
+        (cache misses, after the last kernel streamed the data) then
+        overlap, which measured 10-20% faster than one loop doing all per
+        tensor."""
         cdef Py_ssize_t k, i, n = self.count
         cdef gd_dl_tensor d
         cdef int64_t numel, itemsize
         cdef uintptr_t lo, hi
+        cdef double counted
         if self.long_shape:
             return 0                        # shapes kept only up to _MAX_DIMS dims
+        if self.spec.counts_steps and len(snapshot.counters) != n:
+            return 0
         for i in range(n):
             if type(tensors[i]) not in _dl_types:
                 return 0
@@ -1809,13 +1898,28 @@ cdef class Plan:
                 8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2
             lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
             hi = lo + <uintptr_t>(numel * itemsize)
-            if lo % <uintptr_t>itemsize != 0 or \
-                    (hi > lo and _overlaps_written(self.spans, self.nspans, lo, hi)):
+            # (a grad at the address found clear last time is clear: the
+            # written spans and the sizes are the plan's)
+            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo != self.grad_seen[k] and
+                                                 _overlaps_written(self.spans, self.nspans,
+                                                                   lo, hi)):
                 return 0                    # the general path copies or refuses it
+            self.grad_seen[k] = lo
             self.buffers[k].grad = <const void *>lo
             self.buffers[k].n = self.sizes[k]
+        if not self.spec.counts_steps:
+            for k in range(n):
+                self.buffers[k].step = 2    # SGD: the momentum buffer exists
+            return 1
+        # The step numbers: torch's counters (checked first, then used: a
+        # counter changed by code run during this step rebuilds the engine)
+        for i in range(n):
+            counted = snapshot.expected[i]
+            if snapshot._value(i) != counted or not (0 <= counted < _MAX_COUNTED) or \
+                    counted != <double><int64_t>counted:
+                return 2
         for k in range(n):
-            self.buffers[k].step = self._next_step(k)
+            self.buffers[k].step = <int64_t>snapshot.expected[self.position[k]] + 1
         return 1
 
     cdef inline bint _described_as_param(self, object t, Py_ssize_t k, gd_dl_tensor *d,
@@ -1925,17 +2029,18 @@ cdef class Plan:
             return False
         return True
 
-    cdef void _launch(self, list counters, double grad_multiplier):
-        """Commit the step counters, read the scalar state, run the kernels
-        (GIL released), store the scalar state and advance `counters`.
-        Everything was checked; no Python code runs here."""
+    cdef void _launch(self, list counters, double grad_multiplier, bint engine_steps=True):
+        """Commit the step counters (engine_steps: into the engine's state
+        dicts), read the scalar state, run the kernels (GIL released), store
+        the scalar state and advance `counters`.  Everything was checked; no
+        Python code runs here."""
         cdef Py_ssize_t g, k, s, n = self.count
         cdef double *o
         cdef Spec spec = self.spec
         # All checked: commit the step counters, read the scalars, then run.
         # (No Python code runs from here on: a signal's KeyboardInterrupt
         # is raised after the whole step, never within it.)
-        if spec.counts_steps:
+        if spec.counts_steps and engine_steps:
             for k in range(n):
                 if self.buffers[k].step > 0:
                     (<dict>self.states[k])["step"] = self.buffers[k].step
@@ -2162,20 +2267,30 @@ cdef bint _plan_step(object optimizer, list grads, list counters,
 
 
 def run_plan_torch(object optimizer, list tensors, StateSnapshot snapshot not None,
-                   double grad_multiplier=1.0):
+                   object torch_state, double grad_multiplier=1.0):
     """gdcore.torch's step on `optimizer`'s (its engine's) cached plan, with
     the grads of torch params `tensors` read in C: Plan.run_torch's 1 (ran),
-    0 (take the general path) or 2 (rebuild the engine)."""
+    0 (take the general path) or 2 (rebuild the engine).  `torch_state` is
+    compared with `snapshot` first, whatever the outcome."""
     plan_obj = optimizer._plan
     state = optimizer.state
     groups = optimizer.param_groups
     if plan_obj is None or type(state) is not PARAM_STATE_TYPE or type(groups) is not list:
-        return 0
-    status = (<Plan>plan_obj).run_torch(tensors, snapshot, groups, state._by_id,
+        return 2 if not snapshot.same(torch_state) else 0
+    status = (<Plan>plan_obj).run_torch(tensors, snapshot, torch_state, groups, state._by_id,
                                         grad_multiplier)
     if status == 1:
         optimizer.last_step_created_state = False
     return status
+
+
+def sync_plan_steps(object optimizer):
+    """Before `optimizer` (gdcore.torch's engine) steps otherwise than by
+    run_plan_torch: the step numbers that path left in torch's counters,
+    into the engine's state."""
+    plan_obj = optimizer._plan
+    if plan_obj is not None:
+        (<Plan>plan_obj)._sync_steps()
 
 
 # ------------------------------------------------------------- the C API

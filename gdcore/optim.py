@@ -257,6 +257,7 @@ class Optimizer:
         """The step that checks everything, creates missing state and then
         caches a plan.  grad_multiplier (gdcore.torch: AMP's 1 / scale): every
         grad element is multiplied by it inside the kernel."""
+        _core.sync_plan_steps(self)     # (steps gdcore.torch's C path left in torch's counters)
         self._plan = None
         self.last_step_created_state = True     # (or may have: the general path)
         if not isinstance(self.state, ParamState):
@@ -327,6 +328,7 @@ class Optimizer:
 
     def _build_plan(self):
         """After a general step: cache a plan once every param has state."""
+        _core.sync_plan_steps(self)
         if not self._counts_steps and any(group.get("rounding") == "stochastic"
                                           for group in self.param_groups):
             self._plan = None           # SGD counts stochastic steps in the general path
@@ -341,6 +343,7 @@ class Optimizer:
 
     # ------------------------------------------------------ copy, pickle
     def __getstate__(self):
+        _core.sync_plan_steps(self)
         state = dict(self.__dict__)
         del state["_plan"], state["_lock"]
         return state

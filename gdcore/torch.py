@@ -410,8 +410,12 @@ class _GdcoreBackend:
         and state (else it is rebuilt from them).  For plain params, the
         watch on their memory is checked by the step itself."""
         snapshot = self._gd_snapshot
-        if (self._gd_engine is None or snapshot is None or not snapshot.same(self.state)
+        if (self._gd_engine is None or snapshot is None
                 or self._gd_layout_seen != self._gd_layout()):
+            return False
+        if self._gd_plain and self._gd_last_stepped is self._gd_all:
+            return True     # run_plan_torch compares torch's state with the snapshot first
+        if not snapshot.same(self.state):
             return False
         if self._gd_plain:
             return True
@@ -435,7 +439,7 @@ class _GdcoreBackend:
             if self._gd_plain and self._gd_last_stepped is self._gd_all:
                 # the steady state: grads read in C, no Python loop over params
                 status = _core.run_plan_torch(engine, self._gd_params, self._gd_snapshot,
-                                              multiplier)
+                                              self.state, multiplier)
             if status == 2 or (status == 0 and self._gd_plain and self._gd_watch is not None
                                and not self._gd_watch.check()):
                 # a param was given other memory (p.data = ..., p.set_()):
