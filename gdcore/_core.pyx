@@ -1388,6 +1388,16 @@ cdef int _propagate() except -1:
     return -1
 
 
+cdef inline bint _of_dl_type(object t) noexcept:
+    """Whether type(t) is one of _dl_types (compared by identity: `in`
+    would call the types' rich comparison for each miss)."""
+    cdef type ty = type(t)
+    for candidate in _dl_types:
+        if ty is candidate:
+            return True
+    return False
+
+
 cdef int _negative(object t) except -1:
     """t.is_neg() (t of a type in _dl_types), calling its C function."""
     cdef PyObject *r = _is_neg(<PyObject *>t, NULL)
@@ -1873,7 +1883,7 @@ cdef class Plan:
         if self.spec.counts_steps and len(snapshot.counters) != n:
             return 0
         for i in range(n):
-            if type(tensors[i]) not in _dl_types:
+            if not _of_dl_type(tensors[i]):
                 return 0
         for i in range(n):
             if _negative(tensors[i]):

@@ -164,6 +164,42 @@ def test_a_missing_grad_skips_its_param_as_torch(fast_path_calls):
         _step_both(ours, our_opt, ref, ref_opt, t, "all grads again")
 
 
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_numbers_follow_the_c_path_into_the_general_paths(name, fast_path_calls):
+    """The C path advances only torch's `step` counters (the engine's own
+    step numbers are brought up to them before any other path steps): C
+    steps, a step on the cached plan (a negated grad), C steps, a general
+    step (a missing grad), C steps, a step whose counters torch's state
+    shows changed; every step equals torch's, step counters included."""
+    ours, our_opt, ref, ref_opt = _pair_in_steady_state(name)
+
+    def both(t, edit=None):
+        for ps in (ours, ref):
+            set_grads(ps, t)
+            if edit:
+                edit(ps)
+        _step_both(ours, our_opt, ref, ref_opt, t, f"{name}, step {t}")
+
+    def negated(ps):
+        ps[1].grad = _neg_view(ps[1].grad)
+
+    def missing(ps):
+        ps[0].grad = None
+
+    def counter_edited(ps):
+        for opt, params in ((our_opt, ours), (ref_opt, ref)):
+            step = opt.state[params[2]].get("step")
+            if torch.is_tensor(step):
+                step += 2
+    del fast_path_calls[:]
+    for t, edit in ((3, None), (4, None), (5, negated), (6, None), (7, None), (8, missing),
+                    (9, None), (10, None), (11, None), (12, counter_edited), (13, None),
+                    (14, None)):
+        both(t, edit)
+    assert fast_path_calls.count(1) >= 6, fast_path_calls
+
+
 class CountingMode(torch.overrides.TorchFunctionMode):
     def __init__(self):
         super().__init__()
