@@ -1128,6 +1128,18 @@ cdef extern from *:
     bint GD_DICT_TAGS
     uint64_t gd_dict_tag(PyObject *d) noexcept
 
+cdef bint _dict_tags_on = GD_DICT_TAGS
+
+
+def use_dict_tags(bint on):
+    """(tests) Whether StateSnapshots captured from now on compare version
+    tags (where CPython has them) or walk the entries; returns the previous
+    setting."""
+    global _dict_tags_on
+    previous = _dict_tags_on
+    _dict_tags_on = on and GD_DICT_TAGS
+    return previous
+
 
 cdef class StateSnapshot:
     """What gdcore.torch's engine was last in step with: torch's
@@ -1178,7 +1190,7 @@ cdef class StateSnapshot:
             raise MemoryError()
         # Tags only where every param's state is an exact dict (a subclass
         # might keep entries elsewhere; its `same` is always False anyway).
-        snap.tagged = GD_DICT_TAGS and all(e is not None for e in snap.entries)
+        snap.tagged = _dict_tags_on and all(e is not None for e in snap.entries)
         snap.mapping_tag = gd_dict_tag(<PyObject *>mapping)
         for i in range(snap.ndicts):
             snap.dict_ptrs[i] = <PyObject *>snap.dicts[2 * i + 1]
