@@ -1622,7 +1622,7 @@ cdef class Plan:
     cdef uintptr_t *grad_seen       # [count] (run_torch): the last grad address found
                                     # clear of every written span (0: none yet)
     cdef bint steps_in_torch        # run_torch ran last: the `step` of the engine's
-                                    # state dicts is behind buffers[k].step (sync_steps)
+                                    # state dicts is behind buffers[k].step (_sync_steps)
 
     def __dealloc__(self):
         free(self.group_start)
@@ -1824,7 +1824,7 @@ cdef class Plan:
         `snapshot`: torch's state `torch_state` as captured, whose `step`
         counters (one per param) give the step numbers and are advanced
         with the step; the engine's own state dicts are left behind until
-        `sync_steps`.  Returns 1 when the step ran; 0, having changed
+        `_sync_steps`.  Returns 1 when the step ran; 0, having changed
         nothing, for the general path (a missing grad, a grad that is not a
         plain dense CPU tensor of its param's dtype and shape, or anything
         `run` would refuse); 2, having changed nothing, when torch's state
@@ -1859,12 +1859,9 @@ cdef class Plan:
         self.steps_in_torch = self.spec.counts_steps
         return 1
 
-    def sync_steps(self):
+    cdef int _sync_steps(self) except -1:
         """Bring the `step` of the engine's state dicts up to the steps run
         by run_torch (which advances only torch's counters)."""
-        self._sync_steps()
-
-    cdef int _sync_steps(self) except -1:
         cdef Py_ssize_t k
         if self.steps_in_torch:
             for k in range(self.count):
@@ -1931,7 +1928,7 @@ cdef class Plan:
             self.buffers[k].n = self.sizes[k]
         if not self.spec.counts_steps:
             for k in range(n):
-                self.buffers[k].step = 2    # SGD: the momentum buffer exists
+                self.buffers[k].step = self._next_step(k)
             return 1
         # The step numbers: torch's counters (checked first, then used: a
         # counter changed by code run during this step rebuilds the engine)

@@ -328,7 +328,6 @@ class Optimizer:
 
     def _build_plan(self):
         """After a general step: cache a plan once every param has state."""
-        _core.sync_plan_steps(self)
         if not self._counts_steps and any(group.get("rounding") == "stochastic"
                                           for group in self.param_groups):
             self._plan = None           # SGD counts stochastic steps in the general path

@@ -405,6 +405,11 @@ class _GdcoreBackend:
         (AMP's 1 / scale, a folded clip)."""
         self._gd_lock.call(self, self._gd_step_locked, multiplier)
 
+    def _gd_steady(self):
+        """Whether the step takes run_plan_torch (the C path): plain params,
+        every one stepped at the last step."""
+        return self._gd_plain and self._gd_last_stepped is self._gd_all
+
     def _gd_current(self):
         """Whether the engine is still in step with torch's params, groups
         and state (else it is rebuilt from them).  For plain params, the
@@ -413,7 +418,7 @@ class _GdcoreBackend:
         if (self._gd_engine is None or snapshot is None
                 or self._gd_layout_seen != self._gd_layout()):
             return False
-        if self._gd_plain and self._gd_last_stepped is self._gd_all:
+        if self._gd_steady():
             return True     # run_plan_torch compares torch's state with the snapshot first
         if not snapshot.same(self.state):
             return False
@@ -436,7 +441,7 @@ class _GdcoreBackend:
                     if key != "params" and key in group:   # (not gdcore's storage keys)
                         engine_group[key] = group[key]
             status = 0
-            if self._gd_plain and self._gd_last_stepped is self._gd_all:
+            if self._gd_steady():
                 # the steady state: grads read in C, no Python loop over params
                 status = _core.run_plan_torch(engine, self._gd_params, self._gd_snapshot,
                                               self.state, multiplier)
