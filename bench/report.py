@@ -256,6 +256,17 @@ def targets(records, overhead, all_cores, small_threads=None, scaling=None, busy
     return out
 
 
+def torch_reads():
+    """How gdcore.torch read grads and params in this run (gdcore/torch.py)."""
+    gt = sys.modules.get("gdcore.torch")
+    if gt is None or not gt._C_READS:
+        return "NumPy views (no C reads)"
+    from gdcore import _torch_build
+    if gt._CPP_READS:
+        return "torch's C++ API (gdcore/_torch_reads.cpp)"
+    return f"torch's DLPack exchange table (C++ reads: {_torch_build.STATUS[:200]})"
+
+
 def clip_and_step(rounds, batch, shapes=((1 << 20,),) * 4):
     """Clip by global norm, then an Adam step, float32, 1 thread: torch
     (clip_grad_norm_ + fused step), gdcore.torch.clip_grad_norm_ (one-pass
@@ -481,6 +492,7 @@ def main(argv=None):
              f"Mode: {'smoke' if args.smoke else 'full' if args.full else 'quick'}; median "
              f"of {rounds} interleaved rounds per case; threads: "
              f"{', '.join(map(str, thread_counts))}.", "",
+             f"gdcore.torch's steady-state reads: {torch_reads()}.", "",
              format_table(single, "One tensor"), "",
              format_table(multi, "Many tensors (Adam, float32)"), "",
              "### Per-call overhead (Adam, 1 element)", "",
@@ -515,7 +527,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"machine": machine, "mode": "smoke" if args.smoke else
                    "full" if args.full else "quick", "records": records,
-                   "overhead": overhead, "half": half,
+                   "overhead": overhead, "half": half, "torch_reads": torch_reads(),
                    "targets": [dict(target=a, measured=b, limit=c, result=d)
                                for a, b, c, d in checks]}, f, indent=1)
     if not args.no_plot:

@@ -1342,6 +1342,64 @@ cdef extern from "Python.h":
     void Py_DECREF(PyObject *o)
     PyObject *Py_True
 
+cdef extern from "_torch_reads.h":
+    int GD_TORCH_READS_ABI, GD_TR_F32, GD_TR_F64, GD_TR_F16, GD_TR_BF16
+    const char *GD_TORCH_READS_CAPSULE
+    ctypedef int (*_tr_dense_fn)(PyObject *t, int code, int ndim, const int64_t *shape,
+                                 const void **data) noexcept
+    ctypedef void *(*_tr_grad_fn)(PyObject *p) noexcept
+    ctypedef int (*_tr_grad_dense_fn)(void *grad, int code, int ndim, const int64_t *shape,
+                                      const void **data) noexcept
+    ctypedef void (*_tr_refs_fn)(void *const *grads, Py_ssize_t n) noexcept
+    ctypedef struct gd_torch_reads:
+        uint32_t abi
+        uint32_t size
+        _tr_dense_fn dense
+        _tr_grad_fn grad
+        _tr_grad_dense_fn grad_dense
+        _tr_refs_fn hold
+        _tr_refs_fn release
+
+cdef const gd_torch_reads *_tr = NULL   # torch's C++ reads (gdcore/_torch_reads.cpp), or NULL
+cdef object _tr_module = None           # the capsule, kept
+cdef bint _tr_on = True                 # test switch (use_torch_reads)
+
+
+def torch_reads_init(object capsule):
+    """Use the reads of gdcore/_torch_reads.cpp (built against the installed
+    torch by gdcore._torch_build) for gdcore.torch's steady state; returns
+    whether they are in use (the capsule valid and of this ABI)."""
+    global _tr, _tr_module
+    cdef const gd_torch_reads *table
+    if capsule is None or not PyCapsule_IsValid(capsule, GD_TORCH_READS_CAPSULE):
+        return False
+    table = <const gd_torch_reads *>PyCapsule_GetPointer(capsule, GD_TORCH_READS_CAPSULE)
+    if table.abi != GD_TORCH_READS_ABI or table.size != sizeof(gd_torch_reads):
+        return False
+    _tr, _tr_module = table, capsule
+    return True
+
+
+def use_torch_reads(bint on):
+    """Test switch: whether run_torch reads through torch's C++ API (when
+    loaded) or the DLPack exchange table; returns the previous setting."""
+    global _tr_on
+    previous = _tr_on
+    _tr_on = on
+    return previous
+
+
+cdef inline int _tr_code(int typenum) noexcept:
+    """The _torch_reads.h dtype code of a NumPy typenum gdcore steps."""
+    if typenum == cnp.NPY_FLOAT32:
+        return GD_TR_F32
+    if typenum == cnp.NPY_FLOAT64:
+        return GD_TR_F64
+    if typenum == cnp.NPY_FLOAT16:
+        return GD_TR_F16
+    return GD_TR_BF16
+
+
 cdef gd_dl_from_py _dl_read = NULL      # torch's DLTensor filler, or NULL
 cdef _getter_fn _grad_get = NULL        # torch.Tensor.grad's getter
 cdef void *_grad_closure = NULL
@@ -1621,6 +1679,7 @@ cdef class Plan:
     cdef void **array_ptrs          # [_ARRAYS_PER_BUFFER * count]: data of arrays[k]
     cdef uintptr_t *grad_seen       # [count] (run_torch): the last grad address found
                                     # clear of every written span (0: none yet)
+    cdef void **grad_held           # [count] (run_torch, C++ reads): each grad's TensorImpl
     cdef bint steps_in_torch        # run_torch ran last: the `step` of the engine's
                                     # state dicts is behind buffers[k].step (_sync_steps)
 
@@ -1643,6 +1702,7 @@ cdef class Plan:
         free(self.ndims)
         free(self.array_ptrs)
         free(self.grad_seen)
+        free(self.grad_held)
 
     @staticmethod
     def build(Spec spec, list param_groups, dict state_by_id):
@@ -1679,6 +1739,7 @@ cdef class Plan:
         plan.ndims = <int *>malloc((total + 1) * sizeof(int))
         plan.array_ptrs = <void **>malloc((_ARRAYS_PER_BUFFER * total + 1) * sizeof(void *))
         plan.grad_seen = <uintptr_t *>calloc(total + 1, sizeof(uintptr_t))
+        plan.grad_held = <void **>calloc(total + 1, sizeof(void *))
         if (plan.group_start == NULL or plan.group_fstart == NULL or plan.options == NULL or
                 plan.group_rounding == NULL or plan.group_seed == NULL or
                 plan.buffers == NULL or plan.position == NULL or plan.member == NULL or
@@ -1686,7 +1747,7 @@ cdef class Plan:
                 plan.scalar_ptrs == NULL or plan.typenums == NULL or
                 plan.state_typenums == NULL or
                 plan.shapes == NULL or plan.ndims == NULL or
-                plan.array_ptrs == NULL or plan.grad_seen == NULL):
+                plan.array_ptrs == NULL or plan.grad_seen == NULL or plan.grad_held == NULL):
             raise MemoryError()
         cdef gd_buffer *staged = plan.buffers + total
         cdef void **staged_ptrs = <void **>malloc((2 * total + 1) * sizeof(void *))
@@ -1842,20 +1903,29 @@ cdef class Plan:
         if not self._settled(None, param_groups, state_by_id, False) or _dl_mode_enabled():
             return 0
         cdef list grads = [None] * n            # each grad referenced until the kernel is done
+        cdef bint held = _tr != NULL and _tr_on
         # ... then the reads and checks, with no Python code: with no mode
         # active, .grad and is_neg() run none, and with the collector off
         # no finalizer can run either (a grad's first Python object is
-        # allocated here).
+        # allocated here).  Through torch's C++ API (held) no Python object
+        # is made at all; the grads are then held by a reference each.
         cdef int collecting = PyGC_Disable()
         try:
-            status = self._read_torch(tensors, grads, snapshot)
+            if held:
+                status = self._read_torch_cpp(tensors, snapshot)
+            else:
+                status = self._read_torch(tensors, grads, snapshot)
         finally:
             if collecting:
                 PyGC_Enable()
         if status != 1:
             return status
-        snapshot.step_counters()            # torch's `step` tensors
-        self._launch(None, grad_multiplier, False)
+        try:
+            snapshot.step_counters()            # torch's `step` tensors
+            self._launch(None, grad_multiplier, False)
+        finally:
+            if held:
+                _tr.release(self.grad_held, n)
         self.steps_in_torch = self.spec.counts_steps
         return 1
 
@@ -1886,7 +1956,6 @@ cdef class Plan:
         cdef gd_dl_tensor d
         cdef int64_t numel, itemsize
         cdef uintptr_t lo, hi
-        cdef double counted
         if self.long_shape:
             return 0                        # shapes kept only up to _MAX_DIMS dims
         if self.spec.counts_steps and len(snapshot.counters) != n:
@@ -1926,12 +1995,65 @@ cdef class Plan:
             self.grad_seen[k] = lo
             self.buffers[k].grad = <const void *>lo
             self.buffers[k].n = self.sizes[k]
+        return self._torch_steps(snapshot)
+
+    cdef int _read_torch_cpp(self, list tensors, StateSnapshot snapshot) except -1:
+        """_read_torch through torch's C++ API (gdcore/_torch_reads.cpp): the
+        same checks and outcomes, without a Python object made.  When it
+        returns 1, grad_held[k] holds buffer k's grad (a reference each, to
+        be released after the kernel)."""
+        cdef Py_ssize_t k, i, n = self.count
+        cdef const void *data
+        cdef void *grad
+        cdef int64_t itemsize
+        cdef uintptr_t lo, hi
+        if self.long_shape:
+            return 0                        # shapes kept only up to _MAX_DIMS dims
+        if self.spec.counts_steps and len(snapshot.counters) != n:
+            return 0
+        for i in range(n):
+            if not _of_dl_type(tensors[i]):
+                return 0
+        for k in range(n):
+            if not _tr.dense(<PyObject *>tensors[self.position[k]], _tr_code(self.typenums[k]),
+                             self.ndims[k], &self.shapes[k * _MAX_DIMS], &data) or \
+                    (self.sizes[k] != 0 and data != <const void *>self.buffers[k].param):
+                return 2
+        for k in range(n):
+            grad = _tr.grad(<PyObject *>tensors[self.position[k]])
+            if grad == NULL:
+                return 0                    # none, or not exactly a torch.Tensor
+            self.grad_held[k] = grad
+        for k in range(n):
+            if not _tr.grad_dense(self.grad_held[k], _tr_code(self.typenums[k]), self.ndims[k],
+                                  &self.shapes[k * _MAX_DIMS], &data):
+                return 0
+            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else \
+                8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2
+            lo = <uintptr_t>data
+            hi = lo + <uintptr_t>(self.sizes[k] * itemsize)
+            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo != self.grad_seen[k] and
+                                                 _overlaps_written(self.spans, self.nspans,
+                                                                   lo, hi)):
+                return 0                    # the general path copies or refuses it
+            self.grad_seen[k] = lo
+            self.buffers[k].grad = data
+            self.buffers[k].n = self.sizes[k]
+        if self._torch_steps(snapshot) != 1:
+            return 2
+        _tr.hold(self.grad_held, n)
+        return 1
+
+    cdef int _torch_steps(self, StateSnapshot snapshot) except -1:
+        """Each buffer's step number from torch's `step` counters in
+        `snapshot` (checked first, then used: a counter changed by code run
+        during this step rebuilds the engine): 1, or 2 (rebuild)."""
+        cdef Py_ssize_t k, i, n = self.count
+        cdef double counted
         if not self.spec.counts_steps:
             for k in range(n):
                 self.buffers[k].step = self._next_step(k)
             return 1
-        # The step numbers: torch's counters (checked first, then used: a
-        # counter changed by code run during this step rebuilds the engine)
         for i in range(n):
             counted = snapshot.expected[i]
             if snapshot._value(i) != counted or not (0 <= counted < _MAX_COUNTED) or \

@@ -24,10 +24,14 @@ were replaced (load_state_dict, add_param_group, ``p.data = ...``,
 
 The steady state (every param a plain tensor with a dense grad, as at the
 last step) reads nothing per tensor in Python: _core.Plan.run_torch reads
-each ``p.grad`` and checks grads and params through torch's C functions (the
-DLPack exchange table of torch >= 2.10: data pointer, dtype, shape,
-strides, device; the negative bit through ``is_neg``'s C function), about
-0.3-0.6 us a tensor, most of it cache misses on torch's tensor metadata.
+each ``p.grad`` and checks grads and params in C, through torch's C++ API
+(gdcore/_torch_reads.cpp, compiled against the installed torch on first
+use and cached: gdcore/_torch_build.py; a few ns a tensor plus cache
+misses on torch's tensor metadata, and no Python object made for a grad
+fresh from backward) or, without a C++ compiler, through torch's Python-level
+C functions (the DLPack exchange table of torch >= 2.10: data pointer,
+dtype, shape, strides, device; the negative bit through ``is_neg``'s C
+function; about 0.3 us a tensor).  Both make the same checks.
 Anything it does not take (a missing, strided, negated or overlapping grad,
 a torch function mode) goes to the general path, which views each grad
 as NumPy and whose checks and errors are the engine's.  What is checked
@@ -107,6 +111,21 @@ def _shared_descriptor(name):
 _C_READS = _core.torch_exchange_init(
     _PLAIN, torch.Tensor, torch.strided, torch._C._is_torch_function_mode_enabled,
     _shared_descriptor("grad"), _shared_descriptor("is_neg"))
+_CPP_READS = None       # whether the C reads go through torch's C++ API (None: not tried)
+
+
+def _cpp_reads():
+    """Once per process, on the first steady-state step: load the reads of
+    gdcore/_torch_reads.cpp, compiled against this torch on first use and
+    cached (gdcore/_torch_build.py; GDCORE_TORCH_READS=0 turns them off).
+    Without them the C reads use the DLPack exchange table."""
+    global _CPP_READS
+    if _CPP_READS is None:
+        _CPP_READS = False
+        if _C_READS:
+            from gdcore import _torch_build
+            _CPP_READS = _core.torch_reads_init(_torch_build.table())
+    return _CPP_READS
 
 
 def _is_dtensor(t):
@@ -443,6 +462,7 @@ class _GdcoreBackend:
             status = 0
             if self._gd_steady():
                 # the steady state: grads read in C, no Python loop over params
+                _cpp_reads()
                 status = _core.run_plan_torch(engine, self._gd_params, self._gd_snapshot,
                                               self.state, multiplier)
             if status == 2 or (status == 0 and self._gd_plain and self._gd_watch is not None

@@ -19,7 +19,8 @@ def test_sdist_holds_sources_and_no_build_outputs(sdist_install):
                    "csrc/gdcore.h", "csrc/gd_avx512.h", "csrc/gd_dlpack.h",
                    "csrc/gd_kernels.c", "csrc/gd_kernels16.c", "csrc/gd_scalar.h",
                    "csrc/gd_kernels16_isa.inc", "csrc/gd_runtime.c", "csrc/optimizers/adam.inc",
-                   "gdcore/include/gdcore_capi.h", "gdcore/capi.pxd"]:
+                   "gdcore/include/gdcore_capi.h", "gdcore/capi.pxd",
+                   "gdcore/_torch_reads.cpp", "gdcore/_torch_reads.h"]:
         assert needed in names, f"the sdist lacks {needed}"
     for generated in ["gdcore/_core.c", "csrc/gd_family.h", "csrc/gd_family.inc"]:
         assert generated not in names, f"the sdist ships the build output {generated}"
@@ -38,6 +39,8 @@ def test_sdist_installs_into_a_fresh_venv_and_steps(sdist_install, tmp_path):
         import os
         assert os.path.exists(os.path.join(gdcore.get_include(), "gdcore_capi.h"))
         assert os.path.exists(os.path.join(os.path.dirname(gdcore.__file__), "capi.pxd"))
+        for name in ("_torch_reads.cpp", "_torch_reads.h"):   # gdcore.torch compiles them
+            assert os.path.exists(os.path.join(os.path.dirname(gdcore.__file__), name)), name
         print(gdcore.build_info()["isa"])
     """ % str(sdist_install.venv))
     run = subprocess.run([sdist_install.python, "-c", script], capture_output=True, text=True,

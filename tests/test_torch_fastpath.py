@@ -1,6 +1,7 @@
 """gdcore.torch's steady-state step (issue 10, section 2): grads and params
-read in C through torch's DLPack exchange table (Plan.run_torch) instead of
-NumPy views.
+read in C (Plan.run_torch) instead of as NumPy views, through torch's C++
+API (gdcore/_torch_reads.cpp) or torch's DLPack exchange table: every test
+runs with both readers.
 
 It must be taken (after the first steps, with every param given a dense
 grad), give the bits the general path gives, and accept and reject what
@@ -23,6 +24,19 @@ from gdcore import _core  # noqa: E402
 NAMES = ["Adam", "SGD", "ASGD", "Rprop"]       # slots, momentum, scalar state, no step use
 CONFIG = {"Adam": dict(lr=1e-2), "SGD": dict(lr=1e-2, momentum=0.9),
           "ASGD": dict(lr=1e-2, t0=1.0), "Rprop": dict(lr=1e-2)}
+
+
+@pytest.fixture(autouse=True, params=["cpp", "dlpack"])
+def reader(request):
+    """The reader of the C path: torch's C++ API (skipped where it could not
+    be built: test_torch_reads.py fails where a compiler exists) or the
+    DLPack exchange table."""
+    if request.param == "cpp" and not gt._cpp_reads():
+        from gdcore import _torch_build
+        pytest.skip(f"the C++ reads are not available: {_torch_build.STATUS}")
+    previous = _core.use_torch_reads(request.param == "cpp")
+    yield request.param
+    _core.use_torch_reads(previous)
 
 
 @pytest.fixture
@@ -108,7 +122,13 @@ GRAD_EDITS = {
     "negative bit": _neg_view,
     "not contiguous": _transposed,
     "a Parameter": lambda g: torch.nn.Parameter(g.clone()),
+    "a Tensor subclass": lambda g: g.clone().as_subclass(_Subclass),
 }
+
+
+class _Subclass(torch.Tensor):
+    """A Python subclass with no dispatch of its own (no Python dispatch key:
+    only its Python object tells it from a torch.Tensor)."""
 
 
 @pytest.mark.parametrize("edit", sorted(GRAD_EDITS))
