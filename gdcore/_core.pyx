@@ -1903,16 +1903,16 @@ cdef class Plan:
         if not self._settled(None, param_groups, state_by_id, False) or _dl_mode_enabled():
             return 0
         cdef list grads = [None] * n            # each grad referenced until the kernel is done
-        cdef bint held = _tr != NULL and _tr_on
+        cdef const gd_torch_reads *reads = _tr if _tr_on else NULL    # (one table per step)
         # ... then the reads and checks, with no Python code: with no mode
         # active, .grad and is_neg() run none, and with the collector off
         # no finalizer can run either (a grad's first Python object is
-        # allocated here).  Through torch's C++ API (held) no Python object
+        # allocated here).  Through torch's C++ API (reads) no Python object
         # is made at all; the grads are then held by a reference each.
         cdef int collecting = PyGC_Disable()
         try:
-            if held:
-                status = self._read_torch_cpp(tensors, snapshot)
+            if reads != NULL:
+                status = self._read_torch_cpp(reads, tensors, snapshot)
             else:
                 status = self._read_torch(tensors, grads, snapshot)
         finally:
@@ -1924,8 +1924,8 @@ cdef class Plan:
             snapshot.step_counters()            # torch's `step` tensors
             self._launch(None, grad_multiplier, False)
         finally:
-            if held:
-                _tr.release(self.grad_held, n)
+            if reads != NULL:
+                reads.release(self.grad_held, n)
         self.steps_in_torch = self.spec.counts_steps
         return 1
 
@@ -1955,7 +1955,7 @@ cdef class Plan:
         cdef Py_ssize_t k, i, n = self.count
         cdef gd_dl_tensor d
         cdef int64_t numel, itemsize
-        cdef uintptr_t lo, hi
+        cdef uintptr_t lo, hi, base
         if self.long_shape:
             return 0                        # shapes kept only up to _MAX_DIMS dims
         if self.spec.counts_steps and len(snapshot.counters) != n:
@@ -1987,19 +1987,37 @@ cdef class Plan:
             lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
             hi = lo + <uintptr_t>(numel * itemsize)
             # (a grad at the address found clear last time is clear: the
-            # written spans and the sizes are the plan's)
-            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo != self.grad_seen[k] and
+            # written spans and the sizes are the plan's; no memory at all:
+            # storage resized to 0, which the general path reports)
+            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo == 0) or \
+                    (hi > lo and lo != self.grad_seen[k] and
                                                  _overlaps_written(self.spans, self.nspans,
                                                                    lo, hi)):
                 return 0                    # the general path copies or refuses it
             self.grad_seen[k] = lo
             self.buffers[k].grad = <const void *>lo
             self.buffers[k].n = self.sizes[k]
+        # Within its storage (resized smaller, a grad points past the end; the
+        # exchange table does not tell): three torch calls a grad, which the
+        # C++ reads avoid (exact torch.Tensor objects: no user code).
+        for k in range(n):
+            if self.sizes[k] != 0:
+                storage = grads[self.position[k]].untyped_storage()
+                lo = <uintptr_t>self.buffers[k].grad
+                base = <uintptr_t>storage.data_ptr()
+                if lo < base or lo - base + <uintptr_t>(self.sizes[k] * (
+                        4 if self.typenums[k] == cnp.NPY_FLOAT32 else
+                        8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2)) > \
+                        <uintptr_t>storage.nbytes():
+                    return 0                # the general path reports it
         return self._torch_steps(snapshot)
 
-    cdef int _read_torch_cpp(self, list tensors, StateSnapshot snapshot) except -1:
-        """_read_torch through torch's C++ API (gdcore/_torch_reads.cpp): the
-        same checks and outcomes, without a Python object made.  When it
+    cdef int _read_torch_cpp(self, const gd_torch_reads *reads, list tensors,
+                             StateSnapshot snapshot) except -1:
+        """_read_torch through torch's C++ API (`reads`: gdcore/_torch_reads.cpp):
+        the same checks and outcomes, without a Python object made (a param
+        whose memory is copy-on-write is made its own first, at a new
+        address: 2, as the DLPack reads do).  When it
         returns 1, grad_held[k] holds buffer k's grad (a reference each, to
         be released after the kernel)."""
         cdef Py_ssize_t k, i, n = self.count
@@ -2015,17 +2033,17 @@ cdef class Plan:
             if not _of_dl_type(tensors[i]):
                 return 0
         for k in range(n):
-            if not _tr.dense(<PyObject *>tensors[self.position[k]], _tr_code(self.typenums[k]),
+            if not reads.dense(<PyObject *>tensors[self.position[k]], _tr_code(self.typenums[k]),
                              self.ndims[k], &self.shapes[k * _MAX_DIMS], &data) or \
                     (self.sizes[k] != 0 and data != <const void *>self.buffers[k].param):
                 return 2
         for k in range(n):
-            grad = _tr.grad(<PyObject *>tensors[self.position[k]])
+            grad = reads.grad(<PyObject *>tensors[self.position[k]])
             if grad == NULL:
                 return 0                    # none, or not exactly a torch.Tensor
             self.grad_held[k] = grad
         for k in range(n):
-            if not _tr.grad_dense(self.grad_held[k], _tr_code(self.typenums[k]), self.ndims[k],
+            if not reads.grad_dense(self.grad_held[k], _tr_code(self.typenums[k]), self.ndims[k],
                                   &self.shapes[k * _MAX_DIMS], &data):
                 return 0
             itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else \
@@ -2041,7 +2059,7 @@ cdef class Plan:
             self.buffers[k].n = self.sizes[k]
         if self._torch_steps(snapshot) != 1:
             return 2
-        _tr.hold(self.grad_held, n)
+        reads.hold(self.grad_held, n)
         return 1
 
     cdef int _torch_steps(self, StateSnapshot snapshot) except -1:

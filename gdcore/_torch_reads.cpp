@@ -45,7 +45,10 @@ bool scalar_type_of(int code, c10::ScalarType *out) {
     }
 }
 
-int impl_dense(const c10::TensorImpl *impl, int code, int ndim, const int64_t *shape,
+// writable: the memory will be written (a param): copy-on-write storage is
+// made the tensor's own first, and storage that refuses writes is refused,
+// as torch does for any in-place op.  A grad is only read.
+int impl_dense(c10::TensorImpl *impl, int code, int ndim, const int64_t *shape, bool writable,
                const void **data) noexcept {
     try {
         c10::ScalarType expected;
@@ -61,7 +64,12 @@ int impl_dense(const c10::TensorImpl *impl, int code, int ndim, const int64_t *s
                 return 0;
         if (!impl->is_contiguous() || !impl->has_storage())
             return 0;
-        *data = impl->data();
+        const int64_t numel = impl->numel();
+        if (numel != 0 &&       // the storage may have been shrunk (storage().resize_())
+                static_cast<int64_t>(impl->storage().nbytes()) <
+                    (impl->storage_offset() + numel) * static_cast<int64_t>(impl->itemsize()))
+            return 0;
+        *data = writable ? impl->mutable_data() : impl->data();
         return 1;
     } catch (...) {
         return 0;
@@ -69,7 +77,7 @@ int impl_dense(const c10::TensorImpl *impl, int code, int ndim, const int64_t *s
 }
 
 int dense(PyObject *t, int code, int ndim, const int64_t *shape, const void **data) {
-    return impl_dense(THPVariable_Unpack(t).unsafeGetTensorImpl(), code, ndim, shape, data);
+    return impl_dense(THPVariable_Unpack(t).unsafeGetTensorImpl(), code, ndim, shape, true, data);
 }
 
 void *grad(PyObject *p) {
@@ -88,7 +96,7 @@ void *grad(PyObject *p) {
 }
 
 int grad_dense(void *g, int code, int ndim, const int64_t *shape, const void **data) {
-    return impl_dense(static_cast<const c10::TensorImpl *>(g), code, ndim, shape, data);
+    return impl_dense(static_cast<c10::TensorImpl *>(g), code, ndim, shape, false, data);
 }
 
 void hold(void *const *grads, Py_ssize_t n) {

@@ -25,14 +25,17 @@ typedef struct {
     /* 1 when tensor t is a plain dense CPU tensor (no dispatch key beyond a
      * fresh CPU tensor's: no negative or conjugate bit, no subclass
      * dispatch, not sparse, nested, quantized, ...), of dtype `code`,
-     * C-contiguous, of shape shape[0..ndim); *data: its first element
-     * (NULL when empty).  0 otherwise. */
+     * C-contiguous, of shape shape[0..ndim), within its storage; *data:
+     * its first element (NULL when empty), made writable as torch does
+     * before an in-place op (copy-on-write memory becomes the tensor's own,
+     * at a new address).  0 otherwise. */
     int (*dense)(PyObject *t, int code, int ndim, const int64_t *shape, const void **data);
     /* The grad of param p, borrowed (valid while nothing runs that could
      * replace it): NULL when p has none or when it is not a plain tensor
      * (its Python object, if it has one, not exactly torch.Tensor). */
     void *(*grad)(PyObject *p);
-    /* dense() for a grad returned by grad(). */
+    /* dense() for a grad returned by grad(), which is only read (its
+     * memory is not made writable). */
     int (*grad_dense)(void *grad, int code, int ndim, const int64_t *shape, const void **data);
     /* Take / drop a reference to each of grads[0..n) (the GIL held). */
     void (*hold)(void *const *grads, Py_ssize_t n);

@@ -123,7 +123,18 @@ GRAD_EDITS = {
     "not contiguous": _transposed,
     "a Parameter": lambda g: torch.nn.Parameter(g.clone()),
     "a Tensor subclass": lambda g: g.clone().as_subclass(_Subclass),
+    "misaligned": lambda g: _misaligned(g),
 }
+
+
+def _misaligned(g):
+    """g's values in memory one byte off its dtype's alignment (torch makes
+    such tensors only from foreign memory: NumPy here)."""
+    import numpy as np
+    raw = np.zeros(g.numel() * g.element_size() + 1, np.uint8)[1:]
+    out = raw.view(g.numpy().dtype).reshape(tuple(g.shape))
+    out[...] = g.numpy()
+    return torch.from_numpy(out)
 
 
 class _Subclass(torch.Tensor):
@@ -141,9 +152,11 @@ def test_grads_the_c_path_does_not_take_step_as_torch(edit, fast_path_calls):
     for p, g in zip(ours, edited):
         if g is not None:
             p.grad = g
+    counts = [p.grad._use_count() for p in ours]
     del fast_path_calls[:]
     _step_both(ours, our_opt, ref, ref_opt, 3, edit)
     assert fast_path_calls == [0]
+    assert [p.grad._use_count() for p in ours] == counts    # no reference kept
     set_grads(ours, 4)
     set_grads(ref, 4)
     _step_both(ours, our_opt, ref, ref_opt, 4, f"{edit}, then plain grads")
@@ -170,6 +183,117 @@ def test_grad_of_another_dtype_is_refused_by_name_and_changes_nothing():
     with pytest.raises(TypeError, match=r"grads\[1\]|params\[1\]"):
         our_opt.step()
     assert_unchanged(our_opt, ours, before, "grad of another dtype")
+
+
+def test_grad_of_another_shape_is_refused_by_name_and_changes_nothing(fast_path_calls):
+    """Same size, another shape (torch's grad setter refuses it; ``.data =``
+    does not)."""
+    ours, our_opt, _, _ = _pair_in_steady_state()
+    set_grads(ours, 3)
+    assert ours[0].dim() == 2
+    ours[0].grad.data = ours[0].grad.data.reshape(-1)
+    before = snapshot(our_opt, ours)
+    del fast_path_calls[:]
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape \(25,\)"):
+        our_opt.step()
+    assert fast_path_calls == [0]
+    assert_unchanged(our_opt, ours, before, "grad of another shape")
+
+
+def test_param_given_another_shape_is_refused_by_name_and_changes_nothing(fast_path_calls):
+    """p.data = p.data.view(-1): the same memory, another shape; torch's
+    state has the old shape, which the general path reports."""
+    ours, our_opt, _, _ = _pair_in_steady_state()
+    with torch.no_grad():
+        ours[0].data = ours[0].data.view(-1)
+    set_grads(ours, 3)
+    before = snapshot(our_opt, ours)
+    del fast_path_calls[:]
+    with pytest.raises(ValueError, match=r"\[0\] has shape \(5, 5\) but its param has "
+                                         r"shape \(25,\)"):
+        our_opt.step()
+    assert fast_path_calls[0] == 2
+    assert_unchanged(our_opt, ours, before, "param of another shape")
+
+
+def test_param_memory_shared_copy_on_write_is_never_written_through(fast_path_calls):
+    """A lazy clone shares the param's memory until either is written: the
+    step must leave the clone's values alone (torch makes the param's
+    memory its own; gdcore then follows the param to its new memory)."""
+    ours, our_opt, ref, ref_opt = _pair_in_steady_state()
+    lazy = torch._lazy_clone(ours[0].detach())
+    kept = ours[0].detach().clone()
+    for t in (3, 4):
+        set_grads(ours, t)
+        set_grads(ref, t)
+        _step_both(ours, our_opt, ref, ref_opt, t, "copy-on-write param")
+    assert torch.equal(lazy, kept)
+    assert 2 in fast_path_calls and fast_path_calls[-1] == 1, fast_path_calls
+
+
+@pytest.mark.parametrize("nbytes", [0, 8])
+def test_grad_past_the_end_of_its_resized_storage_is_refused_by_name(nbytes, fast_path_calls):
+    """g.untyped_storage().resize_(n) leaves g pointing past its storage's
+    end (torch's own Adam then reads freed memory): refused, nothing
+    changed."""
+    ours, our_opt, _, _ = _pair_in_steady_state()
+    set_grads(ours, 3)
+    ours[2].grad.untyped_storage().resize_(nbytes)
+    before = snapshot(our_opt, ours)
+    del fast_path_calls[:]
+    with pytest.raises(ValueError, match=r"the grad of params\[2\] extends past the end of "
+                                         rf"its storage \({nbytes} bytes"):
+        our_opt.step()
+    assert fast_path_calls == [0]
+    assert_unchanged(our_opt, ours, before, "grad past its storage")
+
+
+def test_param_or_state_past_the_end_of_its_resized_storage_is_refused_by_name(
+        fast_path_calls):
+    """(gdcore's views make the memory it steps unresizable: a param can get
+    such memory only by p.data =, a state tensor by replacement.)"""
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = gt.Adam([p], lr=1e-2)
+    for _ in range(3):
+        p.grad = torch.randn(4, 3)
+        opt.step()
+    with pytest.raises(RuntimeError, match="not resizable"):
+        p.untyped_storage().resize_(0)
+    short = torch.zeros(4, 3)
+    short.untyped_storage().resize_(0)
+    with torch.no_grad():
+        p.data = short
+    del fast_path_calls[:]
+    with pytest.raises(ValueError, match=r"params\[0\] extends past the end of its storage"):
+        opt.step()
+    assert fast_path_calls == [2]
+    ours, our_opt, _, _ = _pair_in_steady_state()
+    set_grads(ours, 3)
+    short = torch.zeros_like(ours[0])
+    short.untyped_storage().resize_(4)
+    our_opt.state[ours[0]]["exp_avg"] = short
+    with pytest.raises(ValueError, match=r"state tensor 'exp_avg' extends past the end"):
+        our_opt.step()
+
+
+def test_the_reader_in_use_is_the_one_selected(reader, fast_path_calls):
+    """Grads fresh from backward() have no Python object: the C++ reads make
+    none, the DLPack reads make one per grad (the .grad getter)."""
+    import gc
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    opt = gt.Adam(model.parameters(), lr=1e-2)
+    x = torch.ones(2, 4)
+
+    def tensors():
+        return sum(type(o) is torch.Tensor for o in gc.get_objects())
+    for t in range(4):
+        opt.zero_grad()
+        model(x * t).sum().backward()
+        before = tensors()
+        opt.step()
+        made = tensors() - before
+    assert fast_path_calls[-1] == 1
+    assert made == (0 if reader == "cpp" else 4), made
 
 
 def test_a_missing_grad_skips_its_param_as_torch(fast_path_calls):
