@@ -1389,6 +1389,11 @@ def use_torch_reads(bint on):
     return previous
 
 
+cdef inline int _itemsize(int typenum) noexcept:
+    """Bytes per element of a NumPy typenum gdcore steps."""
+    return 4 if typenum == cnp.NPY_FLOAT32 else 8 if typenum == cnp.NPY_FLOAT64 else 2
+
+
 cdef inline int _tr_code(int typenum) noexcept:
     """The _torch_reads.h dtype code of a NumPy typenum gdcore steps."""
     if typenum == cnp.NPY_FLOAT32:
@@ -1954,15 +1959,10 @@ cdef class Plan:
         tensor."""
         cdef Py_ssize_t k, i, n = self.count
         cdef gd_dl_tensor d
-        cdef int64_t numel, itemsize
-        cdef uintptr_t lo, hi, base
-        if self.long_shape:
-            return 0                        # shapes kept only up to _MAX_DIMS dims
-        if self.spec.counts_steps and len(snapshot.counters) != n:
+        cdef int64_t numel
+        cdef uintptr_t lo, base
+        if not self._torch_readable(tensors, snapshot):
             return 0
-        for i in range(n):
-            if not _of_dl_type(tensors[i]):
-                return 0
         for i in range(n):
             if _negative(tensors[i]):
                 return 2
@@ -1980,23 +1980,9 @@ cdef class Plan:
             if _negative(grads[i]):
                 return 0
         for k in range(n):
-            if not self._described_as_param(grads[self.position[k]], k, &d, &numel):
+            if not self._described_as_param(grads[self.position[k]], k, &d, &numel) or \
+                    not self._grad_at(k, <char *>d.data + d.byte_offset):
                 return 0
-            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else \
-                8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2
-            lo = <uintptr_t>d.data + <uintptr_t>d.byte_offset
-            hi = lo + <uintptr_t>(numel * itemsize)
-            # (a grad at the address found clear last time is clear: the
-            # written spans and the sizes are the plan's; no memory at all:
-            # storage resized to 0, which the general path reports)
-            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo == 0) or \
-                    (hi > lo and lo != self.grad_seen[k] and
-                                                 _overlaps_written(self.spans, self.nspans,
-                                                                   lo, hi)):
-                return 0                    # the general path copies or refuses it
-            self.grad_seen[k] = lo
-            self.buffers[k].grad = <const void *>lo
-            self.buffers[k].n = self.sizes[k]
         # Within its storage (resized smaller, a grad points past the end; the
         # exchange table does not tell): three torch calls a grad, which the
         # C++ reads avoid (exact torch.Tensor objects: no user code).
@@ -2005,9 +1991,8 @@ cdef class Plan:
                 storage = grads[self.position[k]].untyped_storage()
                 lo = <uintptr_t>self.buffers[k].grad
                 base = <uintptr_t>storage.data_ptr()
-                if lo < base or lo - base + <uintptr_t>(self.sizes[k] * (
-                        4 if self.typenums[k] == cnp.NPY_FLOAT32 else
-                        8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2)) > \
+                if lo < base or lo - base + <uintptr_t>(self.sizes[k] *
+                                                        _itemsize(self.typenums[k])) > \
                         <uintptr_t>storage.nbytes():
                     return 0                # the general path reports it
         return self._torch_steps(snapshot)
@@ -2020,18 +2005,11 @@ cdef class Plan:
         address: 2, as the DLPack reads do).  When it
         returns 1, grad_held[k] holds buffer k's grad (a reference each, to
         be released after the kernel)."""
-        cdef Py_ssize_t k, i, n = self.count
+        cdef Py_ssize_t k, n = self.count
         cdef const void *data
         cdef void *grad
-        cdef int64_t itemsize
-        cdef uintptr_t lo, hi
-        if self.long_shape:
-            return 0                        # shapes kept only up to _MAX_DIMS dims
-        if self.spec.counts_steps and len(snapshot.counters) != n:
+        if not self._torch_readable(tensors, snapshot):
             return 0
-        for i in range(n):
-            if not _of_dl_type(tensors[i]):
-                return 0
         for k in range(n):
             if not reads.dense(<PyObject *>tensors[self.position[k]], _tr_code(self.typenums[k]),
                              self.ndims[k], &self.shapes[k * _MAX_DIMS], &data) or \
@@ -2044,23 +2022,41 @@ cdef class Plan:
             self.grad_held[k] = grad
         for k in range(n):
             if not reads.grad_dense(self.grad_held[k], _tr_code(self.typenums[k]), self.ndims[k],
-                                  &self.shapes[k * _MAX_DIMS], &data):
+                                  &self.shapes[k * _MAX_DIMS], &data) or \
+                    not self._grad_at(k, data):
                 return 0
-            itemsize = 4 if self.typenums[k] == cnp.NPY_FLOAT32 else \
-                8 if self.typenums[k] == cnp.NPY_FLOAT64 else 2
-            lo = <uintptr_t>data
-            hi = lo + <uintptr_t>(self.sizes[k] * itemsize)
-            if lo % <uintptr_t>itemsize != 0 or (hi > lo and lo != self.grad_seen[k] and
-                                                 _overlaps_written(self.spans, self.nspans,
-                                                                   lo, hi)):
-                return 0                    # the general path copies or refuses it
-            self.grad_seen[k] = lo
-            self.buffers[k].grad = data
-            self.buffers[k].n = self.sizes[k]
         if self._torch_steps(snapshot) != 1:
             return 2
         reads.hold(self.grad_held, n)
         return 1
+
+    cdef bint _torch_readable(self, list tensors, StateSnapshot snapshot) except -1:
+        """Whether run_torch can read `tensors` in C: shapes kept (up to
+        _MAX_DIMS dims), a counter per param, and each of an exact type."""
+        cdef Py_ssize_t i
+        if self.long_shape or (self.spec.counts_steps and len(snapshot.counters) != self.count):
+            return False
+        for i in range(self.count):
+            if not _of_dl_type(tensors[i]):
+                return False
+        return True
+
+    cdef inline bint _grad_at(self, Py_ssize_t k, const void *data) noexcept:
+        """Point buffer k at the grad whose elements start at `data`, unless
+        it is misaligned, has no memory (storage resized to 0) or overlaps
+        what the step writes: then False (the general path copies or
+        refuses it).  A grad at the address found clear last time is clear:
+        the written spans and the sizes are the plan's."""
+        cdef uintptr_t itemsize = _itemsize(self.typenums[k])
+        cdef uintptr_t lo = <uintptr_t>data
+        cdef uintptr_t hi = lo + <uintptr_t>self.sizes[k] * itemsize
+        if lo % itemsize != 0 or (hi > lo and (lo == 0 or (
+                lo != self.grad_seen[k] and _overlaps_written(self.spans, self.nspans, lo, hi)))):
+            return False
+        self.grad_seen[k] = lo
+        self.buffers[k].grad = data
+        self.buffers[k].n = self.sizes[k]
+        return True
 
     cdef int _torch_steps(self, StateSnapshot snapshot) except -1:
         """Each buffer's step number from torch's `step` counters in

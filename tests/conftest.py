@@ -74,6 +74,21 @@ def threads():
     gdcore.set_num_threads(before)
 
 
+@pytest.fixture
+def fast_path_calls(monkeypatch):
+    """What gdcore.torch's C path (_core.run_plan_torch) returned, call by
+    call: 1 ran, 0 took the general path, 2 rebuilt the engine."""
+    gt = pytest.importorskip("gdcore.torch")
+    seen = []
+    real = gt._core.run_plan_torch
+
+    def counting(*args):
+        seen.append(real(*args))
+        return seen[-1]
+    monkeypatch.setattr(gt._core, "run_plan_torch", counting)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def sdist_install(tmp_path_factory):
     """gdcore's sdist, pip installed into a fresh virtual environment (with

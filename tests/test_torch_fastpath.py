@@ -39,20 +39,6 @@ def reader(request):
     _core.use_torch_reads(previous)
 
 
-@pytest.fixture
-def fast_path_calls(monkeypatch):
-    """Counts what Plan.run_torch returned (1 ran, 0 general path, 2 rebuild)."""
-    seen = []
-    real = _core.run_plan_torch
-
-    def counting(*args):
-        status = real(*args)
-        seen.append(status)
-        return status
-    monkeypatch.setattr(gt._core, "run_plan_torch", counting)
-    return seen
-
-
 def test_torch_has_the_c_reads():
     """torch 2.13 (the tested version) publishes the DLPack exchange table,
     so the suite exercises the C reads."""

@@ -38,18 +38,6 @@ def cpp_reads():
     _core.use_torch_reads(previous)
 
 
-@pytest.fixture
-def fast_path_calls(monkeypatch):
-    seen = []
-    real = _core.run_plan_torch
-
-    def counting(*args):
-        seen.append(real(*args))
-        return seen[-1]
-    monkeypatch.setattr(gt._core, "run_plan_torch", counting)
-    return seen
-
-
 def test_the_cpp_reads_are_built_and_used_where_a_compiler_is():
     if not _compiler_present():
         pytest.skip("no C++ compiler")
