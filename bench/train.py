@@ -70,7 +70,7 @@ def train(torch, makers, x, y, epochs, batch, blocks, width):
                 t1 = time.perf_counter()
                 opt.step()
                 t2 = time.perf_counter()
-                run["losses"].append(float(loss))
+                run["losses"].append(float(loss.detach()))
                 run["fwd_bwd"].append(t1 - t0)
                 run["step"].append(t2 - t1)
     for label, net in nets.items():
