@@ -1361,7 +1361,7 @@ cdef extern from "_torch_reads.h":
         _tr_refs_fn release
 
 cdef const gd_torch_reads *_tr = NULL   # torch's C++ reads (gdcore/_torch_reads.cpp), or NULL
-cdef object _tr_module = None           # the capsule, kept
+cdef object _tr_capsule = None          # the capsule holding the table, kept
 cdef bint _tr_on = True                 # test switch (use_torch_reads)
 
 
@@ -1369,14 +1369,14 @@ def torch_reads_init(object capsule):
     """Use the reads of gdcore/_torch_reads.cpp (built against the installed
     torch by gdcore._torch_build) for gdcore.torch's steady state; returns
     whether they are in use (the capsule valid and of this ABI)."""
-    global _tr, _tr_module
+    global _tr, _tr_capsule
     cdef const gd_torch_reads *table
     if capsule is None or not PyCapsule_IsValid(capsule, GD_TORCH_READS_CAPSULE):
         return False
     table = <const gd_torch_reads *>PyCapsule_GetPointer(capsule, GD_TORCH_READS_CAPSULE)
     if table.abi != GD_TORCH_READS_ABI or table.size != sizeof(gd_torch_reads):
         return False
-    _tr, _tr_module = table, capsule
+    _tr, _tr_capsule = table, capsule
     return True
 
 
@@ -2043,15 +2043,15 @@ cdef class Plan:
 
     cdef inline bint _grad_at(self, Py_ssize_t k, const void *data) noexcept:
         """Point buffer k at the grad whose elements start at `data`, unless
-        it is misaligned, has no memory (storage resized to 0) or overlaps
-        what the step writes: then False (the general path copies or
-        refuses it).  A grad at the address found clear last time is clear:
-        the written spans and the sizes are the plan's."""
+        it is misaligned or overlaps what the step writes: then False (the
+        general path copies or refuses it).  A grad at the address found
+        clear last time is clear: the written spans and the sizes are the
+        plan's.  (Both readers check that the grad lies within its storage.)"""
         cdef uintptr_t itemsize = _itemsize(self.typenums[k])
         cdef uintptr_t lo = <uintptr_t>data
         cdef uintptr_t hi = lo + <uintptr_t>self.sizes[k] * itemsize
-        if lo % itemsize != 0 or (hi > lo and (lo == 0 or (
-                lo != self.grad_seen[k] and _overlaps_written(self.spans, self.nspans, lo, hi)))):
+        if lo % itemsize != 0 or (hi > lo and lo != self.grad_seen[k] and
+                                  _overlaps_written(self.spans, self.nspans, lo, hi)):
             return False
         self.grad_seen[k] = lo
         self.buffers[k].grad = data

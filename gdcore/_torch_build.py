@@ -115,6 +115,13 @@ def _load(path):
     return module.TABLE
 
 
+def _load_cached(path):
+    global STATUS
+    capsule = _load(path)
+    STATUS = f"loaded (cached) {path}"
+    return capsule
+
+
 def table():
     """The reader's capsule (compiling it first if needed), or None."""
     global STATUS
@@ -128,9 +135,7 @@ def table():
         path = os.path.join(directory, name)
         if not os.path.exists(path):
             return _compile(torch, directory, name, path)
-        capsule = _load(path)
-        STATUS = f"loaded (cached) {path}"
-        return capsule
+        return _load_cached(path)
     except Exception as e:                   # no compiler, headers, fcntl, ...: the slower reads
         STATUS = f"unavailable: {type(e).__name__}: {e}"
         return None
@@ -148,10 +153,8 @@ def _compile(torch, directory, name, path):
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, name + ".lock"), "w") as lock:
         _wait_for(lock, fcntl)
-        if os.path.exists(path):
-            capsule = _load(path)
-            STATUS = f"loaded (cached) {path}"
-            return capsule
+        if os.path.exists(path):                # the other process compiled it
+            return _load_cached(path)
         if os.path.exists(failed):
             STATUS = f"compile failed before (see {failed}; delete it to try again)"
             return None

@@ -141,9 +141,11 @@ def _local(t):
 
 
 def _storage_short(t):
-    """The byte size of CPU strided tensor t's storage when t extends past
-    its end (the storage was resized smaller: torch's own ops would then
-    read or write freed memory), else None."""
+    """The byte size of tensor t's storage when t, a CPU strided tensor,
+    extends past its end (the storage was resized smaller: torch's own ops
+    would then read or write freed memory), else None."""
+    if t.device.type != "cpu" or t.layout != torch.strided:
+        return None                     # refused elsewhere
     try:
         nbytes = t.untyped_storage().nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
@@ -270,14 +272,12 @@ class _GdcoreBackend:
         return f"params[{index}]"
 
     def _gd_check_param(self, p, index):
-        local = _local(p)
-        if local.device.type == "cpu" and local.layout == torch.strided:
-            nbytes = _storage_short(local)
-            if nbytes is not None:      # (torch's own step would read freed memory too)
-                raise ValueError(
-                    f"gdcore.torch.{type(self).__name__}: {self._gd_label(index)} extends "
-                    f"past the end of its storage ({nbytes} bytes for shape {tuple(p.shape)}: "
-                    "was the storage resized?)")
+        nbytes = _storage_short(_local(p))
+        if nbytes is not None:          # (torch's own step would read freed memory too)
+            raise ValueError(
+                f"gdcore.torch.{type(self).__name__}: {self._gd_label(index)} extends "
+                f"past the end of its storage ({nbytes} bytes for shape {tuple(p.shape)}: "
+                "was the storage resized?)")
         reason = _unsupported(p)
         if reason and not self._gd_fallback:
             raise TypeError(
@@ -383,8 +383,7 @@ class _GdcoreBackend:
                 out["step"] = int(value.item() if torch.is_tensor(value) else value)
             elif (name in self._engine_class._state_arrays or name == "compensation") and \
                     value is not None:
-                if torch.is_tensor(value) and _local(value).device.type == "cpu" and \
-                        _storage_short(_local(value)) is not None:
+                if torch.is_tensor(value) and _storage_short(_local(value)) is not None:
                     raise ValueError(
                         f"gdcore.torch.{type(self).__name__}: a param's state tensor {name!r} "
                         "extends past the end of its storage (was the storage resized?)")
@@ -549,14 +548,13 @@ class _GdcoreBackend:
                 continue
             if _is_dtensor(p) or _is_dtensor(g):
                 g = self._gd_local_grad(p, g, index)
-            if g.device.type == "cpu" and g.layout == torch.strided:
-                nbytes = _storage_short(g)
-                if nbytes is not None:
-                    flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
-                    raise ValueError(
-                        f"gdcore.torch.{type(self).__name__}: the grad of "
-                        f"{self._gd_label(flat)} extends past the end of its storage "
-                        f"({nbytes} bytes: was the storage resized?)")
+            nbytes = _storage_short(g)
+            if nbytes is not None:
+                flat = next(k for k, q in enumerate(self._gd_flat_params()) if q is p)
+                raise ValueError(
+                    f"gdcore.torch.{type(self).__name__}: the grad of {self._gd_label(flat)} "
+                    f"extends past the end of its storage ({nbytes} bytes: was the storage "
+                    "resized?)")
             try:                                    # CPU, strided: a zero-copy view
                 view = _numpy(g)
             except (TypeError, RuntimeError):
